@@ -1,0 +1,23 @@
+"""Backpropagation through time on the same dynamics: T1 - T2 steps without a graph, then T2
+steps with one, and the loss at the last step back-propagated through those T2 steps."""
+import torch
+
+from eqprop.dynamics import relax
+from eqprop.estimators.base import Dynamics, Estimate
+
+
+class BPTT:
+    name = "bptt"
+    beta = 0.0
+
+    def __call__(self, model, x, y, dyn: Dynamics, generator: torch.Generator) -> Estimate:
+        params = list(model.parameters())
+        with torch.no_grad():
+            state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+            head = relax(model, x, state, dyn.T1 - dyn.T2, drive0=model.input_drive(x))
+        with torch.enable_grad():
+            tail = relax(model, x, [s.detach() for s in head.state], dyn.T2)
+            loss = model.loss.cost(model.output(tail.state), y).mean()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = {p: (torch.zeros_like(p) if g is None else g) for p, g in zip(params, grads)}
+        return Estimate(grads, [s.detach() for s in tail.state], {"free": dyn.T1})

@@ -1,0 +1,128 @@
+"""A layered energy-based network: Phi, its closed-form fixed-point step, and the EP parameter update.
+
+Neuron layers s_0..s_{n-1} sit above the clamped input x. Synapse k couples the layer below it
+(x for k = 0) to s_k, and
+
+    Phi(x, s) = sum_k <s_k, f_k(s_{k-1})>  -  beta * C(output(s), y),
+
+where output(s) is s_{n-1}, or W_out s_{n-1} + b_out with the softmax read-out (the read-out
+synapse then sits outside the energy). The dynamics are s_k <- sigma(dPhi/ds_k), with the last
+layer linear under cross-entropy without read-out.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from eqprop.losses import Loss
+
+State = list  # list[torch.Tensor], one tensor per neuron layer
+
+
+class EnergyNet(nn.Module):
+    asymmetric = False
+
+    def __init__(self, synapses: Sequence[nn.Module], activation, loss: Loss, in_shape: tuple):
+        super().__init__()
+        self.synapses = nn.ModuleList(synapses)
+        self.activation = activation
+        self.loss = loss
+        self.in_shape = tuple(in_shape)  # one example, e.g. (1, 28, 28)
+        self.n_layers = len(self.synapses) - (1 if loss.softmax_readout else 0)
+        if self.n_layers < 1:
+            raise ValueError("the network needs at least one neuron layer below the read-out")
+        with torch.no_grad():
+            s = torch.zeros((1,) + self.in_shape)
+            shapes = []
+            for syn in self.synapses[: self.n_layers]:
+                s = syn.drive(s)[0]
+                shapes.append(tuple(s.shape[1:]))
+        self.state_shapes = shapes
+
+    # ----- states ---------------------------------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        p = self.synapses[0].weight
+        return [torch.zeros((batch,) + sh, device=device or p.device, dtype=dtype or p.dtype)
+                for sh in self.state_shapes]
+
+    def output(self, state: State) -> torch.Tensor:
+        """What the cost is measured on and predictions are read from."""
+        if self.loss.softmax_readout:
+            return self.synapses[-1].drive(state[-1])[0]
+        return state[-1]
+
+    def predict(self, state: State) -> torch.Tensor:
+        return self.output(state).argmax(dim=1)
+
+    # ----- Phi, the definition ----------------------------------------------------------------------
+    def phi(self, x, state: State, beta: float = 0.0, y=None, receiving: Optional[State] = None):
+        """Per-example primitive function. `receiving` is only meaningful for vector-field models."""
+        layers = [x] + list(state)
+        phi = 0.0
+        for k in range(self.n_layers):
+            phi = phi + (self.synapses[k].drive(layers[k])[0] * state[k]).flatten(1).sum(dim=1)
+        if beta != 0.0:
+            phi = phi - beta * self.loss.cost(self.output(state), y)
+        return phi
+
+    # ----- the closed-form dynamics -----------------------------------------------------------------
+    def input_drive(self, x) -> torch.Tensor:
+        """f_0(x): constant while x is clamped, so computed once per relaxation."""
+        return self.synapses[0].drive(x)[0]
+
+    def _feedback(self, k: int, state: State, ctx):
+        """d<s_{k+1}, f_{k+1}(s_k)>/ds_k: what layer k+1 sends back to layer k."""
+        return self.synapses[k + 1].feedback(state[k + 1], ctx)
+
+    def _nudge(self, state: State, y, ctx_last):
+        """dC/ds_{n-1}."""
+        if self.loss.softmax_readout:
+            readout = self.synapses[-1]
+            logits = readout.drive(state[-1])[0]
+            return readout.feedback(self.loss.grad(logits, y), ctx_last)
+        return self.loss.grad(state[-1], y)
+
+    def step(self, drive0, state: State, beta: float = 0.0, y=None, layers: Optional[Sequence[int]] = None) -> State:
+        """One fixed-point iteration s_k <- sigma(dPhi/ds_k) for the layers in `layers` (all by default),
+        each computed from `state` as given (synchronous within the call). Returns the new state list;
+        layers not updated are passed through."""
+        n = self.n_layers
+        todo = range(n) if layers is None else layers
+        need_drive = set()
+        need_ctx = set()
+        for k in todo:
+            if k > 0:
+                need_drive.add(k)
+            if k + 1 < n or (k == n - 1 and self.loss.softmax_readout and beta != 0.0):
+                need_ctx.add(k)
+        drives, ctxs = {0: drive0}, {}
+        for k in sorted(need_drive | {j + 1 for j in need_ctx if j + 1 < n}):
+            out, ctx = self.synapses[k].drive(state[k - 1], ctx_only=k not in need_drive)
+            drives[k] = out
+            ctxs[k - 1] = ctx
+        if beta != 0.0 and self.loss.softmax_readout and (n - 1) in todo:
+            ctxs[n - 1] = self.synapses[n].drive(state[n - 1], ctx_only=True)[1]
+        new = list(state)
+        for k in todo:
+            g = drives[k]
+            if k + 1 < n:
+                g = g + self._feedback(k, state, ctxs[k])
+            if k == n - 1 and beta != 0.0:
+                g = g - beta * self._nudge(state, y, ctxs.get(n - 1))
+            new[k] = g if (k == n - 1 and self.loss.linear_output) else self.activation(g)
+        return new
+
+    # ----- parameter updates ------------------------------------------------------------------------
+    def ep_grads(self, x, y, a, b, denom: float, free: Optional[State] = None):
+        """Gradient estimate -(dPhi(s_a, beta_a)/dtheta - dPhi(s_b, beta_b)/dtheta) / denom,
+        averaged over the batch; `a` and `b` are (state, beta) pairs. Returns {param: grad}."""
+        (s_a, beta_a), (s_b, beta_b) = a, b
+        params = [p for p in self.parameters()]
+        with torch.enable_grad():
+            delta = self.phi(x, s_a, beta_a, y).mean() - self.phi(x, s_b, beta_b, y).mean()
+            grads = torch.autograd.grad(-delta / denom, params, allow_unused=True)
+        return {p: (torch.zeros_like(p) if g is None else g) for p, g in zip(params, grads)}
+
+    def layer_groups(self):
+        """Parameters grouped per synapse (forward layer index), for layer-wise learning rates."""
+        return [list(syn.parameters()) for syn in self.synapses]

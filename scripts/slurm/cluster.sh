@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# A real one-node SLURM cluster (with accounting) for tests and CI on a Debian 12 machine
+# where we are root and there is no systemd.
+#
+# Usage: scripts/slurm/cluster.sh {install|start|stop|restart|status|env}
+#   install  install the Debian packages (skipped when they are already there)
+#   start    install if needed, write configs, start munge, mariadb, slurmdbd, slurmctld, slurmd
+#            and wait until the node is idle; idempotent (already-running daemons are kept)
+#   stop     cancel jobs, then stop the daemons through their pid files
+#   status   show which daemons run and what sinfo says; exit 1 unless all run
+#   env      print `export SLURM_CONF=...`; use as: eval "$(scripts/slurm/cluster.sh env)"
+#
+# Everything (configs, pid files, logs, spool, munge socket, MariaDB datadir) lives under
+# ${EQPROP_SLURM_DIR:-/tmp/eqprop-slurm}; `stop` then `rm -rf` that directory resets the cluster
+# (job ids restart at 1 afterwards).
+#
+# Knobs (environment): EQPROP_SLURM_DIR, EQPROP_SLURM_TIMEOUT (seconds per wait, default 60),
+# EQPROP_SLURM_MAXTIME (partition MaxTime in minutes, default 60), EQPROP_SLURM_CTLD_PORT (6817),
+# EQPROP_SLURM_SLURMD_PORT (6818), EQPROP_SLURM_DBD_PORT (6819), EQPROP_SLURM_DB_PORT (3306).
+
+set -euo pipefail
+
+DIR="${EQPROP_SLURM_DIR:-/tmp/eqprop-slurm}"
+TIMEOUT="${EQPROP_SLURM_TIMEOUT:-60}"
+MAXTIME="${EQPROP_SLURM_MAXTIME:-60}"
+CTLD_PORT="${EQPROP_SLURM_CTLD_PORT:-6817}"
+SLURMD_PORT="${EQPROP_SLURM_SLURMD_PORT:-6818}"
+DBD_PORT="${EQPROP_SLURM_DBD_PORT:-6819}"
+DB_PORT="${EQPROP_SLURM_DB_PORT:-3306}"
+
+ETC="$DIR/etc"
+RUN="$DIR/run"
+LOG="$DIR/log"
+SPOOL="$DIR/spool"
+DB_DATA="$DIR/mariadb"
+DB_SOCK="$RUN/mariadb.sock"
+MUNGE_DIR="$DIR/munge"
+MUNGE_SOCK="$MUNGE_DIR/munge.socket"
+MUNGE_KEY=/etc/munge/munge.key
+SLURM_CONF_FILE="$ETC/slurm.conf"
+
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server-core mariadb-client-core)
+# Reverse of the start order: each daemon only depends on those started before it.
+DAEMONS=(slurmd slurmctld slurmdbd mariadb munged)
+
+die() {
+    echo "cluster.sh: error: $*" >&2
+    exit 1
+}
+
+say() { echo "cluster.sh: $*" >&2; }
+
+# munged runs as user munge and can only write its pid file into its own directory.
+pidfile() {
+    if [[ "$1" == munged ]]; then echo "$MUNGE_DIR/munged.pid"; else echo "$RUN/$1.pid"; fi
+}
+
+# A pid file can outlive its process (kill -9, reboot of a VM that keeps /tmp), and the pid can
+# be reused; only trust it if the process still runs the expected program.
+running() {
+    local f pid
+    f="$(pidfile "$1")"
+    [[ -s "$f" ]] || return 1
+    pid="$(tr -dc 0-9 <"$f")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    local comm
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    case "$1" in
+        mariadb) [[ "$comm" == mariadbd || "$comm" == mysqld ]] ;;
+        *) [[ "$comm" == "$1" ]] ;;
+    esac
+}
+
+dump_logs() {
+    local f
+    for f in "$LOG"/*.log; do
+        [[ -f "$f" ]] || continue
+        echo "----- last lines of $f -----" >&2
+        tail -n 30 "$f" >&2 || true
+    done
+}
+
+fail() {
+    echo "cluster.sh: error: $*" >&2
+    dump_logs
+    exit 1
+}
+
+# wait_for DESCRIPTION COMMAND...: poll until COMMAND succeeds, or fail with the logs.
+wait_for() {
+    local what="$1"
+    shift
+    local deadline=$((SECONDS + TIMEOUT))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+need_root() {
+    [[ "$(id -u)" == 0 ]] || die "must run as root (slurmd and the private MariaDB run as root)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# install
+
+installed() {
+    local p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+    done
+}
+
+cmd_install() {
+    if installed; then
+        say "packages already installed"
+        return 0
+    fi
+    need_root
+    say "installing ${PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh CI image has empty apt lists; only refresh them when the first attempt fails so a
+    # cached machine does not pay for an update.
+    if ! apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"/tmp/eqprop-slurm-apt.log" 2>&1; then
+        apt-get update -qq >>"/tmp/eqprop-slurm-apt.log" 2>&1 || true
+        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"/tmp/eqprop-slurm-apt.log" 2>&1 \
+            || { tail -n 30 /tmp/eqprop-slurm-apt.log >&2; die "apt-get install failed"; }
+    fi
+    installed || die "packages still missing after apt-get install"
+}
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+# Write a file only when its content changes, so that a second `start` on a running cluster does
+# not touch configs the daemons have already read.
+write_if_changed() {
+    local dest="$1" mode="$2" tmp
+    tmp="$(mktemp "$dest.XXXXXX")"
+    cat >"$tmp"
+    chmod "$mode" "$tmp"
+    if [[ -f "$dest" ]] && cmp -s "$tmp" "$dest"; then
+        rm -f "$tmp"
+    else
+        mv -f "$tmp" "$dest"
+    fi
+}
+
+db_password() {
+    # Generated per state dir: nothing secret is stored in the repository, and `rm -rf` of the
+    # state dir also forgets it together with the database that uses it.
+    local f="$ETC/db.password"
+    if [[ ! -s "$f" ]]; then
+        (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$f")
+    fi
+    cat "$f"
+}
+
+write_configs() {
+    mkdir -p "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d" "$MUNGE_DIR"
+    # munged refuses a socket/log directory that others can write to, and runs as user munge.
+    chmod 755 "$DIR" "$RUN" "$LOG"
+    chown munge:munge "$MUNGE_DIR"
+    chmod 755 "$MUNGE_DIR"
+
+    local node_line host cpus mem
+    node_line="$(slurmd -C | head -n 1)"
+    host="$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' <<<"$node_line")"
+    mem="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
+    [[ -n "$host" && -n "$mem" ]] || die "cannot parse 'slurmd -C': $node_line"
+    # slurmd drains a node whose memory is below the configured value; free memory reported by
+    # the kernel wobbles, so leave 5% headroom.
+    local real_mem=$((mem * 95 / 100))
+    # Keep CPUs/Boards/Sockets/Cores/Threads exactly as slurmd sees them.
+    local topo
+    topo="$(sed -e 's/^NodeName=[^ ]* //' -e 's/ *RealMemory=[0-9]*//' <<<"$node_line")"
+
+    write_if_changed "$SLURM_CONF_FILE" 644 <<EOF
+# Generated by scripts/slurm/cluster.sh; rewritten on every start.
+ClusterName=eqprop
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire=10: a requeued job otherwise waits ~2.5 min before it may run again.
+AuthInfo=cred_expire=10,socket=$MUNGE_SOCK
+
+StateSaveLocation=$SPOOL/ctld
+SlurmdSpoolDir=$SPOOL/d
+SlurmctldPidFile=$(pidfile slurmctld)
+SlurmdPidFile=$(pidfile slurmd)
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+
+# No cgroups in this container/VM.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+# Memory is not a consumable: several small test jobs may share the node.
+SelectTypeParameters=CR_Core
+
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+JobCompType=jobcomp/none
+
+# Fast scheduling for tests; impossible requests fail at submission instead of pending forever.
+SchedulerParameters=sched_interval=2,bf_interval=1
+EnforcePartLimits=ALL
+KillWait=5
+MailProg=/bin/true
+# The node comes back by itself after a restart of the daemons.
+ReturnToService=2
+
+NodeName=$host NodeAddr=127.0.0.1 $topo RealMemory=$real_mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=$MAXTIME State=UP
+EOF
+
+    # slurmdbd refuses to start unless this file is private (it holds the DB password).
+    write_if_changed "$ETC/slurmdbd.conf" 600 <<EOF
+# Generated by scripts/slurm/cluster.sh; rewritten on every start.
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCK
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$(pidfile slurmdbd)
+LogFile=$LOG/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$(db_password)
+StorageLoc=slurm_acct_db
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# daemons
+
+# Daemons must not inherit our stdout/stderr: a caller capturing our output ($(...), a pipe in
+# CI) would otherwise hang until the daemons exit.
+launch() {
+    local log="$1"
+    shift
+    setsid "$@" </dev/null >>"$log" 2>&1 &
+}
+
+start_munged() {
+    running munged && return 0
+    if [[ ! -s "$MUNGE_KEY" ]]; then
+        say "creating $MUNGE_KEY"
+        mungekey --create --keyfile="$MUNGE_KEY"
+        chown munge:munge "$MUNGE_KEY"
+        chmod 400 "$MUNGE_KEY"
+    fi
+    rm -f "$MUNGE_SOCK" "$MUNGE_SOCK.lock" "$(pidfile munged)"
+    # munged insists on owning its log file.
+    touch "$LOG/munged.log"
+    chown munge:munge "$LOG/munged.log"
+    # Runs as user munge (munged refuses root); it forks and writes its own pid file.
+    runuser -u munge -- /usr/sbin/munged \
+        --socket="$MUNGE_SOCK" --key-file="$MUNGE_KEY" \
+        --pid-file="$(pidfile munged)" --log-file="$LOG/munged.log" \
+        --seed-file="$MUNGE_DIR/munged.seed" </dev/null >>"$LOG/munged.log" 2>&1 \
+        || fail "munged did not start"
+    wait_for "munged pid file" running munged
+    wait_for "munge to answer" bash -c "munge -S '$MUNGE_SOCK' -n | unmunge -S '$MUNGE_SOCK'"
+}
+
+db_sql() {
+    mariadb --no-defaults --protocol=socket --socket="$DB_SOCK" -uroot -e "$1"
+}
+
+start_mariadb() {
+    running mariadb && return 0
+    if [[ ! -d "$DB_DATA/mysql" ]]; then
+        rm -rf "$DB_DATA"
+        mariadb-install-db --no-defaults --user=root --datadir="$DB_DATA" \
+            --auth-root-authentication-method=socket --skip-test-db \
+            >>"$LOG/mariadb.log" 2>&1 || fail "mariadb-install-db failed"
+    fi
+    # innodb_lock_wait_timeout=900 is what slurmdbd asks for (it warns otherwise).
+    launch "$LOG/mariadb.log" /usr/sbin/mariadbd --no-defaults --user=root \
+        --datadir="$DB_DATA" --socket="$DB_SOCK" --pid-file="$(pidfile mariadb)" \
+        --bind-address=127.0.0.1 --port="$DB_PORT" --log-error="$LOG/mariadb.log" \
+        --innodb-lock-wait-timeout=900 --skip-name-resolve
+    wait_for "mariadb to accept connections" db_sql 'SELECT 1'
+    local pw
+    pw="$(db_password)"
+    # ALTER as well as CREATE: the password file may have been regenerated for an old datadir.
+    db_sql "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pw';
+            ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$pw';
+            GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
+        || fail "cannot create the slurm database user"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_slurmdbd() {
+    running slurmdbd && return 0
+    # slurmdbd finds slurmdbd.conf next to $SLURM_CONF.
+    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmdbd.log" slurmdbd
+    wait_for "slurmdbd on port $DBD_PORT" port_open "$DBD_PORT"
+    wait_for "slurmdbd pid file" running slurmdbd
+}
+
+start_slurmctld() {
+    running slurmctld && return 0
+    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmctld.log" slurmctld -f "$SLURM_CONF_FILE"
+    wait_for "slurmctld to answer" env SLURM_CONF="$SLURM_CONF_FILE" scontrol ping
+}
+
+start_slurmd() {
+    running slurmd && return 0
+    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmd.log" slurmd -f "$SLURM_CONF_FILE"
+    wait_for "slurmd pid file" running slurmd
+}
+
+node_ready() {
+    local state
+    state="$(SLURM_CONF="$SLURM_CONF_FILE" sinfo -h -o %T 2>/dev/null)" || return 1
+    # idle is the normal answer; mixed/allocated mean jobs saved in the state dir restarted,
+    # which also proves the node works.
+    [[ "$state" == idle || "$state" == mixed || "$state" == allocated ]]
+}
+
+cmd_start() {
+    need_root
+    local t0=$SECONDS
+    installed || cmd_install
+    write_configs
+    start_munged
+    start_mariadb
+    start_slurmdbd
+    start_slurmctld
+    start_slurmd
+    local deadline=$((SECONDS + TIMEOUT))
+    until node_ready; do
+        if ((SECONDS >= deadline)); then
+            SLURM_CONF="$SLURM_CONF_FILE" sinfo -N -l >&2 || true
+            SLURM_CONF="$SLURM_CONF_FILE" scontrol show node >&2 || true
+            fail "node not idle after ${TIMEOUT}s"
+        fi
+        local d
+        for d in slurmctld slurmd; do
+            running "$d" || fail "$d exited during startup"
+        done
+        sleep 0.2
+    done
+    say "cluster up in $((SECONDS - t0))s; state in $DIR"
+    say "use: eval \"\$($0 env)\""
+}
+
+stop_one() {
+    local name="$1" f pid
+    f="$(pidfile "$name")"
+    if running "$name"; then
+        pid="$(tr -dc 0-9 <"$f")"
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 20))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "$name (pid $pid) ignored SIGTERM for 20s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        say "stopped $name"
+    fi
+    rm -f "$f"
+}
+
+cmd_stop() {
+    # Jobs run under slurmstepd, which outlives slurmd; cancel them first so no test job keeps
+    # running against a cluster that is gone.
+    if running slurmctld && running slurmd; then
+        export SLURM_CONF="$SLURM_CONF_FILE"
+        if [[ -n "$(squeue -h -o %i 2>/dev/null)" ]]; then
+            say "cancelling running jobs"
+            scancel --partition=debug 2>/dev/null || true
+            local deadline=$((SECONDS + 15))
+            while [[ -n "$(squeue -h -o %i 2>/dev/null)" ]] && ((SECONDS < deadline)); do
+                sleep 0.5
+            done
+        fi
+    fi
+    local d
+    for d in "${DAEMONS[@]}"; do
+        stop_one "$d"
+    done
+}
+
+cmd_status() {
+    local d ok=0
+    for d in munged mariadb slurmdbd slurmctld slurmd; do
+        if running "$d"; then
+            echo "$d: running (pid $(tr -dc 0-9 <"$(pidfile "$d")"))"
+        else
+            echo "$d: stopped"
+            ok=1
+        fi
+    done
+    if running slurmctld; then
+        SLURM_CONF="$SLURM_CONF_FILE" sinfo || true
+    fi
+    return "$ok"
+}
+
+cmd_env() {
+    printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    restart) cmd_stop && cmd_start ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *)
+        sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2
+        exit 2
+        ;;
+esac
