@@ -1,33 +1,108 @@
 """The relaxation loop: iterate the model's fixed-point step towards equilibrium.
 
-This is the hot path. It builds no autograd graph unless the caller enables grad (BPTT does,
-for its last T2 steps), and the constant input drive f_0(x) is computed once per relaxation.
+This is the hot path. `relax` runs `FastStepper` (in place, preallocated, no autograd graph) unless
+autograd is recording through the parameters or the state (BPTT's last T2 steps), in which case it
+runs `relax_stepwise`: `model.step` one step at a time, differentiable, and the reference the fast
+path is tested against. The constant input drive f_0(x) is computed once per relaxation.
+
+Options that cut steps, off by default (the paper's behaviour):
+- update='async': even layers, then odd layers from the freshest neighbours; it converges in fewer
+  iterations and keeps converging where synchronous updates oscillate (trained nets);
+- tol > 0: stop once the largest state change of a step falls under tol (T is the cap). The check
+  costs a device-to-host sync, so it runs every `check_every` steps (default: every step on CPU,
+  every 10 on GPU).
+On CUDA, `graph=True` replays the steps from a captured CUDA graph (see `GraphedRelax`).
 """
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from eqprop.models.fast import FastStepper
+
+UPDATES = ("sync", "async")
+
 
 @dataclass
 class Relaxation:
     state: list
     steps: int          # steps actually taken (<= T when a tolerance stops it early)
-    residual: float     # largest |s_t - s_{t-1}| at the last step (nan when not measured)
+    residual: float     # largest |s_t - s_{t-1}| at the last check (nan when not measured)
 
 
-def relax(model, x, state, T: int, beta: float = 0.0, y=None, *, drive0=None,
-          update: str = "sync", tol: float = 0.0) -> Relaxation:
+def _check_args(update: str, tol: float):
+    if update not in UPDATES:
+        raise ValueError(f"dynamics.update={update!r} must be one of {list(UPDATES)}")
+    if not tol >= 0.0:
+        raise ValueError(f"dynamics.tol={tol!r} must be >= 0 (0 runs all T steps)")
+
+
+def _parities(n: int, update: str):
+    return (list(range(0, n, 2)), list(range(1, n, 2))) if update == "async" else (None,)
+
+
+def default_check_every(device) -> int:
+    return 10 if torch.device(device).type == "cuda" else 1
+
+
+def needs_graph(model, state) -> bool:
+    """True when autograd records through this relaxation (BPTT), so the in-place path cannot run."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in model.parameters()) or any(s.requires_grad for s in state)
+
+
+def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str = "sync",
+          tol: float = 0.0, check_every: Optional[int] = None, fast: bool = True,
+          graph: bool = False) -> Relaxation:
     """Run up to T steps of the dynamics from `state` with nudging `beta` towards `y`.
 
     update='sync': every layer from the previous state (the paper's scheme).
     update='async': even layers first, then odd layers from the freshest neighbours.
-    tol > 0: stop once the largest state change of a step falls below tol (T stays the cap).
+    tol > 0: stop once the largest state change of a step falls below tol (checked every
+    `check_every` steps; T stays the cap).
+    beta may be a tensor with one value per example (fast path only), e.g. +beta and -beta halves.
+    fast=False forces the step-by-step reference path; graph=True uses CUDA graphs on CUDA tensors.
+    `state` is never modified.
     """
+    _check_args(update, tol)
     if drive0 is None:
         drive0 = model.input_drive(x)
-    n = model.n_layers
-    parities = (list(range(0, n, 2)), list(range(1, n, 2))) if update == "async" else (None,)
+    if not fast or needs_graph(model, state):
+        if torch.is_tensor(beta):
+            raise ValueError("a per-example beta needs the fast path (no autograd graph)")
+        return relax_stepwise(model, x, state, T, beta, y, drive0=drive0, update=update, tol=tol)
+    if check_every is None:
+        check_every = default_check_every(drive0.device)
+    if graph and drive0.is_cuda:
+        return GraphedRelax.get(model, drive0, state, beta, update).run(
+            drive0, state, beta, y, T, tol, check_every)
+    stepper = FastStepper(model, drive0, state, beta, y)
+    return _run(stepper, model.n_layers, T, update, tol, check_every)
+
+
+def _run(stepper, n, T, update, tol, check_every) -> Relaxation:
+    parities = _parities(n, update)
+    residual = float("nan")
+    for t in range(T):
+        for layers in parities:
+            if layers is None or layers:
+                stepper.step(layers)
+        if tol > 0.0 and ((t + 1) % check_every == 0 or t + 1 == T):
+            residual = stepper.residual().item()
+            if residual < tol:
+                return Relaxation(stepper.state, t + 1, residual)
+    return Relaxation(stepper.state, T, residual)
+
+
+def relax_stepwise(model, x, state, T: int, beta: float = 0.0, y=None, *, drive0=None,
+                   update: str = "sync", tol: float = 0.0) -> Relaxation:
+    """`relax` by `model.step`, one allocating step at a time: differentiable (BPTT) and the
+    reference for the fast path."""
+    _check_args(update, tol)
+    if drive0 is None:
+        drive0 = model.input_drive(x)
+    parities = _parities(model.n_layers, update)
     residual = float("nan")
     for t in range(T):
         prev = state
@@ -41,3 +116,79 @@ def relax(model, x, state, T: int, beta: float = 0.0, y=None, *, drive0=None,
             if residual < tol:
                 return Relaxation(state, t + 1, residual)
     return Relaxation(state, T, residual)
+
+
+class GraphedRelax:
+    """Relaxation steps replayed from a CUDA graph (static shapes, fixed buffers).
+
+    Two full steps are captured: after them the ping-pong buffers are back where they started, so
+    the graph replays T // 2 times. One instance per (model, shapes, update, nudged), refilled for
+    each batch; parameters updated in place by the optimiser need no recapture.
+    """
+    _cache: dict = {}
+
+    def __init__(self, model, drive0, state, beta, update):
+        self.model, self.update = model, update
+        nudged = torch.is_tensor(beta) or beta != 0.0
+        # beta lives in a buffer, so one graph serves every value and sign of it
+        beta0 = torch.zeros((), device=drive0.device, dtype=drive0.dtype) if nudged else 0.0
+        y0 = torch.zeros(state[0].shape[0], dtype=torch.long, device=drive0.device) if nudged else None
+        self.stepper = FastStepper(model, drive0, state, beta0, y0, static=True)
+        self.home = (list(self.stepper.cur), list(self.stepper.nxt))
+        self.graph, self.primed = None, set()
+        self.params = [p.data_ptr() for p in model.parameters()]
+
+    @classmethod
+    def get(cls, model, drive0, state, beta, update):
+        nudged = torch.is_tensor(beta) or beta != 0.0
+        key = (id(model), update, nudged, drive0.dtype, str(drive0.device),
+               tuple((tuple(s.shape), s.stride()) for s in state))
+        obj = cls._cache.get(key)
+        if obj is None or obj.model is not model or obj.params != [p.data_ptr() for p in model.parameters()]:
+            obj = cls._cache[key] = cls(model, drive0, state, beta, update)
+        return obj
+
+    def _steps(self, count):
+        for _ in range(count):
+            for layers in _parities(self.model.n_layers, self.update):
+                if layers is None or layers:
+                    self.stepper.step(layers)
+
+    def run(self, drive0, state, beta, y, T, tol, check_every) -> Relaxation:
+        st = self.stepper
+        # the graph reads and writes the buffers in the places they had at capture
+        st.cur[:], st.nxt[:] = self.home[0], self.home[1]
+        st.load(drive0, state, beta, y)
+        done = 0
+        if self.graph is None:
+            if T < 6:
+                self._steps(T)
+                return Relaxation([s.clone() for s in st.state], T, float("nan"))
+            # warm up on a side stream (cuDNN/cuBLAS choose algorithms and workspaces outside the
+            # capture); these two steps are real steps of this relaxation
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._steps(2)
+            torch.cuda.current_stream().wait_stream(side)
+            done = 2
+            # pool indices the captured steps expect to find already computed (async mode)
+            self.primed = set(st.valid)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._steps(2)
+            self.graph = graph
+        else:
+            st.prime(self.primed)
+        residual = float("nan")
+        every = max(2, check_every - check_every % 2)
+        while done + 2 <= T:
+            self.graph.replay()
+            done += 2
+            if tol > 0.0 and (done % every == 0 or done + 2 > T):
+                residual = st.residual().item()
+                if residual < tol:
+                    return Relaxation([s.clone() for s in st.state], done, residual)
+        self._steps(T - done)
+        # the buffers belong to the next batch: hand out copies
+        return Relaxation([s.clone() for s in st.state], T, residual)

@@ -1,5 +1,6 @@
-"""What every gradient estimator returns, and the free phase they share."""
+"""What every gradient estimator returns, and the phases they share."""
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -19,14 +20,47 @@ class Dynamics:
     T2: int
     update: str = "sync"
     tol: float = 0.0
+    check_every: Optional[int] = None   # steps between convergence checks (None: 1 on CPU, 10 on GPU)
+    batch_nudged: Optional[bool] = None  # run +beta and -beta as one batch (None: when it pays)
+    graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
+
+
+def _relax(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> Relaxation:
+    return relax(model, x, state, T, beta, y, drive0=drive0, update=dyn.update, tol=dyn.tol,
+                 check_every=dyn.check_every, graph=dyn.graph)
 
 
 def free_phase(model, x, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
         state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return relax(model, x, state, dyn.T1, drive0=drive0, update=dyn.update, tol=dyn.tol)
+        return _relax(model, x, state, dyn.T1, dyn, drive0=drive0)
 
 
 def nudged_phase(model, x, y, start, beta: float, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
-        return relax(model, x, list(start), dyn.T2, beta, y, drive0=drive0, update=dyn.update, tol=dyn.tol)
+        return _relax(model, x, list(start), dyn.T2, dyn, beta, y, drive0=drive0)
+
+
+def batch_nudged_pays(x, dyn: Dynamics) -> bool:
+    """Whether one relaxation of the +beta and -beta phases stacked along the batch beats two.
+
+    Measured with `python -m eqprop.bench` (benchmarks/README.md): it pays where a step costs
+    per-call overhead more than arithmetic (small nets, small batches, GPUs)."""
+    if dyn.batch_nudged is not None:
+        return dyn.batch_nudged
+    return x.is_cuda or x[0].numel() * x.shape[0] <= 2 ** 17
+
+
+def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
+    """The +beta and -beta nudged phases from `start`: two Relaxations (batched when it pays)."""
+    if not batch_nudged_pays(x, dyn):
+        return (nudged_phase(model, x, y, start, beta, dyn, drive0),
+                nudged_phase(model, x, y, start, -beta, dyn, drive0))
+    m = x.shape[0]
+    with torch.no_grad():
+        both = _relax(model, None, [torch.cat([s, s]) for s in start], dyn.T2, dyn,
+                      torch.cat([x.new_full((m,), beta), x.new_full((m,), -beta)]), torch.cat([y, y]),
+                      drive0=torch.cat([drive0, drive0]))
+    plus = Relaxation([s[:m] for s in both.state], both.steps, both.residual)
+    minus = Relaxation([s[m:] for s in both.state], both.steps, both.residual)
+    return plus, minus

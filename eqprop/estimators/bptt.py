@@ -14,7 +14,10 @@ class BPTT:
         params = list(model.parameters())
         with torch.no_grad():
             state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-            head = relax(model, x, state, dyn.T1 - dyn.T2, drive0=model.input_drive(x))
+            # the graph-free head takes the fast path; the paper's semantics (fixed T1, synchronous)
+            # are kept so the gradient is the one of the dynamics the EP estimators run by default
+            head = relax(model, x, state, dyn.T1 - dyn.T2, drive0=model.input_drive(x),
+                         check_every=dyn.check_every, graph=dyn.graph)
         with torch.enable_grad():
             tail = relax(model, x, [s.detach() for s in head.state], dyn.T2)
             loss = model.loss.cost(model.output(tail.state), y).mean()

@@ -74,6 +74,12 @@ class EnergyNet(nn.Module):
         """d<s_{k+1}, f_{k+1}(s_k)>/ds_k: what layer k+1 sends back to layer k."""
         return self.synapses[k + 1].feedback(state[k + 1], ctx)
 
+    def feedback_synapse(self, k: int):
+        """(synapse, shared): the synapse whose transpose carries layer k+1's feedback into layer k
+        (it reads layer k); shared when it is the forward synapse k+1, whose context (pool indices)
+        then comes with the drive of layer k+1."""
+        return self.synapses[k + 1], True
+
     def _nudge(self, state: State, y, ctx_last):
         """dC/ds_{n-1}."""
         if self.loss.softmax_readout:
@@ -115,7 +121,42 @@ class EnergyNet(nn.Module):
     # ----- parameter updates ------------------------------------------------------------------------
     def ep_grads(self, x, y, a, b, denom: float, free: Optional[State] = None):
         """Gradient estimate -(dPhi(s_a, beta_a)/dtheta - dPhi(s_b, beta_b)/dtheta) / denom,
-        averaged over the batch; `a` and `b` are (state, beta) pairs. Returns {param: grad}."""
+        averaged over the batch; `a` and `b` are (state, beta) pairs. Returns {param: grad}.
+
+        Closed form, checked against `ep_grads_autograd` (autograd of Phi, the definition): Phi is
+        bilinear in each synapse's weights, so the difference of the two terms of the input synapse
+        is one weight-gradient of the state difference (x and its pool indices are shared), and the
+        other synapses take one weight-gradient of the two states stacked along the batch. That is a
+        quarter of autograd's work on the input synapse, where an MLP spends most of its FLOPs."""
+        (s_a, beta_a), (s_b, beta_b) = a, b
+        n, syn = self.n_layers, self.synapses
+        with torch.no_grad():
+            sums = {}
+            ctx0 = syn[0].drive(x, ctx_only=True)[1]
+            sums[0] = syn[0].param_grads(x, s_a[0] - s_b[0], ctx0)
+            for k in range(1, n):
+                src = torch.cat([s_a[k - 1], s_b[k - 1]])
+                sums[k] = syn[k].param_grads(src, torch.cat([s_a[k], -s_b[k]]), syn[k].drive(src, ctx_only=True)[1])
+            if self.loss.softmax_readout and (beta_a != 0.0 or beta_b != 0.0):
+                # -beta C(W_out s + b_out, y) is the only term of Phi with the read-out's weights
+                readout = syn[n]
+                src = torch.cat([s_a[-1], s_b[-1]])
+                logits = readout.drive(src)[0]
+                g = self.loss.grad(logits, torch.cat([y, y]))
+                m = x.shape[0]
+                g = torch.cat([-beta_a * g[:m], beta_b * g[m:]])
+                sums[n] = readout.param_grads(src, g, readout.drive(src, ctx_only=True)[1])
+            scale = -1.0 / (denom * x.shape[0])
+            grads = {}
+            for k, s in enumerate(syn):
+                params = list(s.parameters())
+                got = sums.get(k)
+                for i, p in enumerate(params):
+                    grads[p] = torch.zeros_like(p) if got is None else (got[i] * scale).view_as(p)
+        return {p: grads[p] for p in self.parameters()}
+
+    def ep_grads_autograd(self, x, y, a, b, denom: float, free: Optional[State] = None):
+        """`ep_grads` by autograd of Phi at the two states: the definition."""
         (s_a, beta_a), (s_b, beta_b) = a, b
         params = [p for p in self.parameters()]
         with torch.enable_grad():

@@ -5,6 +5,11 @@ Each synapse knows two things:
   that the transpose needs;
 - `feedback(g, ctx)`: the vector-Jacobian product d<g, f(s)>/ds, i.e. what the layer above sends back.
 Both are plain tensor ops, so the same code runs under no_grad (EP relaxation) and with autograd (BPTT).
+
+The fast relaxation path (eqprop.models.fast) uses three more, checked against the two above:
+- `drive_into(s, out, idx)`: f(s) written into a preallocated buffer (max-pool indices into `idx`);
+- `feedback_into(g, ctx, base, out)`: out = base + feedback(g, ctx), accumulating in place;
+- `param_grads(s, g, ctx)`: d<g, f(s)>/d(weight, bias) in closed form, for the EP update.
 """
 import torch
 import torch.nn as nn
@@ -23,6 +28,28 @@ class Dense(nn.Linear):
 
     def feedback(self, g, ctx):
         return (g @ self.weight).view(ctx)
+
+    needs_ctx = False  # the transpose needs only shapes, never a forward pass
+
+    def static_ctx(self, in_shape, idx=None):
+        return torch.Size(in_shape)
+
+    def drive_into(self, s, out, idx=None):
+        if self.bias is None:
+            torch.mm(s.flatten(1), self.weight.t(), out=out)
+        else:
+            torch.addmm(self.bias, s.flatten(1), self.weight.t(), out=out)
+
+    def feedback_into(self, g, ctx, base, out):
+        if out.is_contiguous() and base.is_contiguous():
+            # one GEMM that accumulates onto base: no temporary
+            torch.addmm(base.view(base.shape[0], -1), g, self.weight, out=out.view(out.shape[0], -1))
+        else:
+            torch.add(base, (g @ self.weight).view(out.shape), out=out)
+
+    def param_grads(self, s, g, ctx=None):
+        dw = g.t() @ s.flatten(1)
+        return (dw,) if self.bias is None else (dw, g.sum(0))
 
 
 class ConvPool(nn.Conv2d):
@@ -56,13 +83,49 @@ class ConvPool(nn.Conv2d):
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         return (n, self.out_channels, (hh + 2 * p - k) // st + 1, (ww + 2 * p - k) // st + 1)
 
+    def _unpool(self, g, ctx):
+        """Transpose of the pool: routes g back onto the conv output grid."""
+        _, idx, h_shape = ctx
+        if self.pool == "m":
+            return F.max_unpool2d(g, idx, 2, 2, output_size=h_shape[-2:])
+        if self.pool == "a":
+            g = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 0.25
+            return F.pad(g, (0, h_shape[3] - g.shape[3], 0, h_shape[2] - g.shape[2]))
+        return g
+
     def feedback(self, g, ctx):
         in_shape, idx, h_shape = ctx
-        if self.pool == "m":
-            g = F.max_unpool2d(g, idx, 2, 2, output_size=h_shape[-2:])
-        elif self.pool == "a":
-            g = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 0.25
-            g = F.pad(g, (0, h_shape[3] - g.shape[3], 0, h_shape[2] - g.shape[2]))
+        g = self._unpool(g, ctx)
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         out_pad = [in_shape[d] - ((h_shape[d] - 1) * st - 2 * p + k) for d in (2, 3)]
         return F.conv_transpose2d(g, self.weight, None, st, p, out_pad)
+
+    @property
+    def needs_ctx(self) -> bool:
+        """Only max-pool needs a forward pass to know where its transpose routes."""
+        return self.pool == "m"
+
+    def static_ctx(self, in_shape, idx=None):
+        """The context `drive` would return, with the max-pool indices living in buffer `idx`."""
+        return (torch.Size(in_shape), idx, self._conv_shape(in_shape))
+
+    def drive_into(self, s, out, idx=None):
+        h = F.conv2d(s, self.weight, self.bias, self.stride, self.padding)
+        if self.pool == "m":
+            torch.ops.aten.max_pool2d_with_indices.out(h, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                       out=out, indices=idx)
+        elif self.pool == "a":
+            torch.ops.aten.avg_pool2d.out(h, [2, 2], [2, 2], out=out)
+        else:
+            out.copy_(h)
+
+    def feedback_into(self, g, ctx, base, out):
+        torch.add(base, self.feedback(g, ctx), out=out)
+
+    def param_grads(self, s, g, ctx):
+        gu = self._unpool(g, ctx)
+        mask = [False, True, self.bias is not None]
+        _, dw, db = torch.ops.aten.convolution_backward(
+            gu, s, self.weight, [self.out_channels] if self.bias is not None else None,
+            self.stride, self.padding, self.dilation, False, [0, 0], 1, mask)
+        return (dw,) if self.bias is None else (dw, db)

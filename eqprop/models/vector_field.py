@@ -49,9 +49,13 @@ class VectorFieldNet(EnergyNet):
         B = self.backward_synapses[k]
         return B.feedback(state[k + 1], B.drive(state[k], ctx_only=True)[1])
 
+    def feedback_synapse(self, k: int):
+        return self.backward_synapses[k], False
+
     def ep_grads(self, x, y, a, b, denom: float, free: Optional[State] = None):
+        # Phi has the backward synapses' terms too: the definition by autograd, not EnergyNet's closed form.
         if self.same_update or free is None:
-            grads = super().ep_grads(x, y, a, b, denom)
+            grads = self.ep_grads_autograd(x, y, a, b, denom)
             if self.same_update:
                 with torch.no_grad():
                     for k, B in enumerate(self.backward_synapses):

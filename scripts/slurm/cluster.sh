@@ -10,9 +10,10 @@
 #   status   show which daemons run and what sinfo says; exit 1 unless all run
 #   env      print `export SLURM_CONF=...`; use as: eval "$(scripts/slurm/cluster.sh env)"
 #
-# Everything (configs, pid files, logs, spool, munge socket, MariaDB datadir) lives under
+# Everything (configs, pid files, logs, spool, MariaDB datadir) lives under
 # ${EQPROP_SLURM_DIR:-/tmp/eqprop-slurm}; `stop` then `rm -rf` that directory resets the cluster
-# (job ids restart at 1 afterwards).
+# (job ids restart at 1 afterwards). Only munge's socket is the system one, /run/munge; a munged
+# already serving it is reused and left alone.
 #
 # Knobs (environment): EQPROP_SLURM_DIR, EQPROP_SLURM_TIMEOUT (seconds per wait, default 60),
 # EQPROP_SLURM_MAXTIME (partition MaxTime in minutes, default 60), EQPROP_SLURM_CTLD_PORT (6817),
@@ -35,13 +36,13 @@ SPOOL="$DIR/spool"
 DB_DATA="$DIR/mariadb"
 DB_SOCK="$RUN/mariadb.sock"
 MUNGE_DIR="$DIR/munge"
-MUNGE_SOCK="$MUNGE_DIR/munge.socket"
+# Standard socket on purpose: slurm 22.05 ignores AuthInfo=socket=... for its connection to
+# slurmdbd, so a private socket breaks accounting (slurmctld dies "no TRES from database").
+MUNGE_SOCK=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
 SLURM_CONF_FILE="$ETC/slurm.conf"
 
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server-core mariadb-client-core)
-# Reverse of the start order: each daemon only depends on those started before it.
-DAEMONS=(slurmd slurmctld slurmdbd mariadb munged)
 
 die() {
     echo "cluster.sh: error: $*" >&2
@@ -62,9 +63,12 @@ running() {
     f="$(pidfile "$1")"
     [[ -s "$f" ]] || return 1
     pid="$(tr -dc 0-9 <"$f")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-    local comm
+    [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
+    local comm state
     comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    # An exited daemon that nobody reaped yet is a zombie: kill -0 still succeeds on it.
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+    [[ -n "$state" && "$state" != Z ]] || return 1
     case "$1" in
         mariadb) [[ "$comm" == mariadbd || "$comm" == mysqld ]] ;;
         *) [[ "$comm" == "$1" ]] ;;
@@ -80,9 +84,11 @@ dump_logs() {
     done
 }
 
+# Print the error again after the logs: CI shows the bottom of the output.
 fail() {
     echo "cluster.sh: error: $*" >&2
     dump_logs
+    echo "cluster.sh: error: $* (daemon logs above, all under $LOG)" >&2
     exit 1
 }
 
@@ -92,6 +98,43 @@ wait_for() {
     shift
     local deadline=$((SECONDS + TIMEOUT))
     until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# Size of each daemon's log when we launched it, so that only this start's lines are searched.
+declare -A LOG_OFFSET=()
+
+mark_log() {
+    LOG_OFFSET[$1]="$(stat -c %s "$LOG/$1.log" 2>/dev/null || echo 0)"
+}
+
+# Lines that mean the daemon is about to exit. A slurm daemon can die before it writes its pid
+# file (e.g. "fatal: ... Address already in use"), so the pid file alone cannot tell.
+died_in_log() {
+    local pattern
+    case "$1" in
+        mariadb) pattern='\[ERROR\] Aborting' ;;
+        *) pattern='fatal:' ;;
+    esac
+    tail -c "+$((${LOG_OFFSET[$1]:-0} + 1))" "$LOG/$1.log" 2>/dev/null | grep -q -- "$pattern"
+}
+
+# wait_daemon NAME DESCRIPTION COMMAND...: like wait_for, but give up as soon as daemon NAME
+# has died (fatal line in its log, or seen running and then gone) instead of waiting out the
+# timeout.
+wait_daemon() {
+    local name="$1" what="$2" seen=0
+    shift 2
+    local deadline=$((SECONDS + TIMEOUT))
+    until "$@" >/dev/null 2>&1; do
+        if running "$name"; then
+            seen=1
+        elif ((seen)); then
+            fail "$name exited while waiting for $what"
+        fi
+        died_in_log "$name" && fail "$name died while waiting for $what"
         ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for $what"
         sleep 0.2
     done
@@ -121,10 +164,12 @@ cmd_install() {
     export DEBIAN_FRONTEND=noninteractive
     # A fresh CI image has empty apt lists; only refresh them when the first attempt fails so a
     # cached machine does not pay for an update.
-    if ! apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"/tmp/eqprop-slurm-apt.log" 2>&1; then
-        apt-get update -qq >>"/tmp/eqprop-slurm-apt.log" 2>&1 || true
-        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"/tmp/eqprop-slurm-apt.log" 2>&1 \
-            || { tail -n 30 /tmp/eqprop-slurm-apt.log >&2; die "apt-get install failed"; }
+    mkdir -p "$LOG"
+    local log="$LOG/apt.log"
+    if ! apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"$log" 2>&1; then
+        apt-get update -qq >>"$log" 2>&1 || true
+        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"$log" 2>&1 \
+            || { tail -n 30 "$log" >&2; die "apt-get install failed (full log: $log)"; }
     fi
     installed || die "packages still missing after apt-get install"
 }
@@ -133,7 +178,8 @@ cmd_install() {
 # configuration
 
 # Write a file only when its content changes, so that a second `start` on a running cluster does
-# not touch configs the daemons have already read.
+# not touch configs the daemons have already read; SLURM_CONF_CHANGED tells whether it had to.
+SLURM_CONF_CHANGED=0
 write_if_changed() {
     local dest="$1" mode="$2" tmp
     tmp="$(mktemp "$dest.XXXXXX")"
@@ -143,6 +189,7 @@ write_if_changed() {
         rm -f "$tmp"
     else
         mv -f "$tmp" "$dest"
+        [[ "$dest" != "$SLURM_CONF_FILE" ]] || SLURM_CONF_CHANGED=1
     fi
 }
 
@@ -163,13 +210,13 @@ write_configs() {
     chown munge:munge "$MUNGE_DIR"
     chmod 755 "$MUNGE_DIR"
 
-    local node_line host cpus mem
+    local node_line host mem
     node_line="$(slurmd -C | head -n 1)"
     host="$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' <<<"$node_line")"
     mem="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
     [[ -n "$host" && -n "$mem" ]] || die "cannot parse 'slurmd -C': $node_line"
-    # slurmd drains a node whose memory is below the configured value; free memory reported by
-    # the kernel wobbles, so leave 5% headroom.
+    # slurmd drains a node that has less memory than configured; 5% headroom keeps small
+    # differences (kernel reservations after a reboot, a slightly different VM) from doing that.
     local real_mem=$((mem * 95 / 100))
     # Keep CPUs/Boards/Sockets/Cores/Threads exactly as slurmd sees them.
     local topo
@@ -187,7 +234,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # cred_expire=10: a requeued job otherwise waits ~2.5 min before it may run again.
-AuthInfo=cred_expire=10,socket=$MUNGE_SOCK
+AuthInfo=cred_expire=10
 
 StateSaveLocation=$SPOOL/ctld
 SlurmdSpoolDir=$SPOOL/d
@@ -227,7 +274,6 @@ EOF
     write_if_changed "$ETC/slurmdbd.conf" 600 <<EOF
 # Generated by scripts/slurm/cluster.sh; rewritten on every start.
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCK
 DbdHost=localhost
 DbdAddr=127.0.0.1
 DbdPort=$DBD_PORT
@@ -247,34 +293,50 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # daemons
 
-# Daemons must not inherit our stdout/stderr: a caller capturing our output ($(...), a pipe in
-# CI) would otherwise hang until the daemons exit.
-launch() {
-    local log="$1"
+# launch_slurm NAME ARGS...: slurm daemons fork into the background themselves, after parsing
+# their config, so a config error shows up as the exit status here. Their stdout/stderr go to
+# the log, never to ours: a caller capturing our output ($(...), a CI pipe) would otherwise
+# hang until the daemons exit.
+launch_slurm() {
+    local name="$1"
     shift
-    setsid "$@" </dev/null >>"$log" 2>&1 &
+    mark_log "$name"
+    SLURM_CONF="$SLURM_CONF_FILE" "$name" "$@" </dev/null >>"$LOG/$name.log" 2>&1 \
+        || fail "$name refused to start (exit status $?)"
 }
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
 start_munged() {
     running munged && return 0
+    # A munged that is already serving the standard socket (a host with munge set up) is fine
+    # to share; we then neither start nor stop it.
+    if munge_ok; then
+        say "using the munged already running on $MUNGE_SOCK"
+        return 0
+    fi
     if [[ ! -s "$MUNGE_KEY" ]]; then
         say "creating $MUNGE_KEY"
         mungekey --create --keyfile="$MUNGE_KEY"
         chown munge:munge "$MUNGE_KEY"
         chmod 400 "$MUNGE_KEY"
     fi
+    # No systemd, so nothing creates the runtime directory for us.
+    mkdir -p "$(dirname "$MUNGE_SOCK")"
+    chown munge:munge "$(dirname "$MUNGE_SOCK")"
+    chmod 755 "$(dirname "$MUNGE_SOCK")"
     rm -f "$MUNGE_SOCK" "$MUNGE_SOCK.lock" "$(pidfile munged)"
     # munged insists on owning its log file.
     touch "$LOG/munged.log"
     chown munge:munge "$LOG/munged.log"
-    # Runs as user munge (munged refuses root); it forks and writes its own pid file.
+    # munged refuses to run as root; it forks and writes its own pid file.
     runuser -u munge -- /usr/sbin/munged \
         --socket="$MUNGE_SOCK" --key-file="$MUNGE_KEY" \
         --pid-file="$(pidfile munged)" --log-file="$LOG/munged.log" \
         --seed-file="$MUNGE_DIR/munged.seed" </dev/null >>"$LOG/munged.log" 2>&1 \
         || fail "munged did not start"
     wait_for "munged pid file" running munged
-    wait_for "munge to answer" bash -c "munge -S '$MUNGE_SOCK' -n | unmunge -S '$MUNGE_SOCK'"
+    wait_for "munge to answer" munge_ok
 }
 
 db_sql() {
@@ -289,12 +351,14 @@ start_mariadb() {
             --auth-root-authentication-method=socket --skip-test-db \
             >>"$LOG/mariadb.log" 2>&1 || fail "mariadb-install-db failed"
     fi
+    mark_log mariadb
+    # mariadbd does not daemonize: setsid detaches it from our session and terminal.
     # innodb_lock_wait_timeout=900 is what slurmdbd asks for (it warns otherwise).
-    launch "$LOG/mariadb.log" /usr/sbin/mariadbd --no-defaults --user=root \
+    setsid /usr/sbin/mariadbd --no-defaults --user=root \
         --datadir="$DB_DATA" --socket="$DB_SOCK" --pid-file="$(pidfile mariadb)" \
         --bind-address=127.0.0.1 --port="$DB_PORT" --log-error="$LOG/mariadb.log" \
-        --innodb-lock-wait-timeout=900 --skip-name-resolve
-    wait_for "mariadb to accept connections" db_sql 'SELECT 1'
+        --innodb-lock-wait-timeout=900 --skip-name-resolve </dev/null >>"$LOG/mariadb.log" 2>&1 &
+    wait_daemon mariadb "mariadb to accept connections" db_sql 'SELECT 1'
     local pw
     pw="$(db_password)"
     # ALTER as well as CREATE: the password file may have been regenerated for an old datadir.
@@ -308,22 +372,24 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_slurmdbd() {
     running slurmdbd && return 0
-    # slurmdbd finds slurmdbd.conf next to $SLURM_CONF.
-    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmdbd.log" slurmdbd
-    wait_for "slurmdbd on port $DBD_PORT" port_open "$DBD_PORT"
-    wait_for "slurmdbd pid file" running slurmdbd
+    # slurmdbd has no -f: it finds slurmdbd.conf next to $SLURM_CONF.
+    launch_slurm slurmdbd
+    wait_daemon slurmdbd "slurmdbd on port $DBD_PORT" port_open "$DBD_PORT"
+    wait_daemon slurmdbd "slurmdbd pid file" running slurmdbd
 }
 
 start_slurmctld() {
     running slurmctld && return 0
-    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmctld.log" slurmctld -f "$SLURM_CONF_FILE"
-    wait_for "slurmctld to answer" env SLURM_CONF="$SLURM_CONF_FILE" scontrol ping
+    launch_slurm slurmctld -f "$SLURM_CONF_FILE"
+    # timeout: a ping to something else squatting on the port would hang ~10 s per try.
+    wait_daemon slurmctld "slurmctld to answer" \
+        env SLURM_CONF="$SLURM_CONF_FILE" timeout 3 scontrol ping
 }
 
 start_slurmd() {
     running slurmd && return 0
-    SLURM_CONF="$SLURM_CONF_FILE" launch "$LOG/slurmd.log" slurmd -f "$SLURM_CONF_FILE"
-    wait_for "slurmd pid file" running slurmd
+    launch_slurm slurmd -f "$SLURM_CONF_FILE"
+    wait_daemon slurmd "slurmd pid file" running slurmd
 }
 
 node_ready() {
@@ -342,8 +408,15 @@ cmd_start() {
     start_munged
     start_mariadb
     start_slurmdbd
+    local ctld_was_running=0
+    running slurmctld && ctld_was_running=1
     start_slurmctld
     start_slurmd
+    # A start with other settings (e.g. EQPROP_SLURM_MAXTIME) on a running cluster.
+    if ((ctld_was_running && SLURM_CONF_CHANGED)); then
+        say "slurm.conf changed; reconfiguring the running cluster"
+        SLURM_CONF="$SLURM_CONF_FILE" scontrol reconfigure || fail "scontrol reconfigure failed"
+    fi
     local deadline=$((SECONDS + TIMEOUT))
     until node_ready; do
         if ((SECONDS >= deadline)); then
@@ -354,6 +427,7 @@ cmd_start() {
         local d
         for d in slurmctld slurmd; do
             running "$d" || fail "$d exited during startup"
+            died_in_log "$d" && fail "$d died during startup"
         done
         sleep 0.2
     done
@@ -361,23 +435,32 @@ cmd_start() {
     say "use: eval \"\$($0 env)\""
 }
 
-stop_one() {
-    local name="$1" f pid
-    f="$(pidfile "$name")"
-    if running "$name"; then
-        pid="$(tr -dc 0-9 <"$f")"
-        kill -TERM "$pid" 2>/dev/null || true
-        local deadline=$((SECONDS + 20))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+# stop_group NAME...: SIGTERM the named daemons together (each takes 1-2 s to exit), wait for
+# all of them, SIGKILL whatever is left after 20 s.
+stop_group() {
+    local name pid pids=() names=()
+    for name in "$@"; do
+        if running "$name"; then
+            pid="$(tr -dc 0-9 <"$(pidfile "$name")")"
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            names+=("$name")
+        fi
+    done
+    local i deadline=$((SECONDS + 20))
+    for i in "${!pids[@]}"; do
+        while kill -0 "${pids[i]}" 2>/dev/null && ((SECONDS < deadline)); do
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "$name (pid $pid) ignored SIGTERM for 20s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
+        if kill -0 "${pids[i]}" 2>/dev/null; then
+            say "${names[i]} (pid ${pids[i]}) ignored SIGTERM; sending SIGKILL"
+            kill -KILL "${pids[i]}" 2>/dev/null || true
         fi
-        say "stopped $name"
-    fi
-    rm -f "$f"
+        say "stopped ${names[i]}"
+    done
+    for name in "$@"; do
+        rm -f "$(pidfile "$name")"
+    done
 }
 
 cmd_stop() {
@@ -394,10 +477,11 @@ cmd_stop() {
             done
         fi
     fi
-    local d
-    for d in "${DAEMONS[@]}"; do
-        stop_one "$d"
-    done
+    # Stop in reverse dependency order: slurmctld flushes accounting to slurmdbd on exit, which
+    # needs mariadb and munge.
+    stop_group slurmd slurmctld
+    stop_group slurmdbd
+    stop_group mariadb munged
 }
 
 cmd_status() {

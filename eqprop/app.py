@@ -1,0 +1,139 @@
+"""Wires a composed config to the engine: train, evaluate or gducheck, with clear errors and exit codes.
+
+Exit codes: 0 done, 2 bad configuration or input, 3 diverged, 128+signal when stopped by a signal
+(after saving a checkpoint).
+"""
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from eqprop import checkpoint as ckpt
+from eqprop.config import ConfigError, ModelConfig, RunConfig, from_dict, validate
+from eqprop.engine import Diverged, Interrupted, Run, check_same_architecture, evaluate, resolve_device, train
+from eqprop.loggers import build_logger
+
+
+def _adopt_architecture(cfg: RunConfig, stored: dict) -> None:
+    """evaluate / gducheck on a saved run: the model comes from the checkpoint, not the command line."""
+    cfg.model = ModelConfig(**stored["model"])
+    cfg.loss.name = stored["loss"]
+    cfg.loss.softmax_readout = stored["softmax_readout"]
+    validate(cfg)
+
+
+def _load_weights(cfg: RunConfig):
+    path = Path(cfg.load_path)
+    if not path.is_dir():
+        raise ConfigError(f"load_path={cfg.load_path} is not a directory; give a training run's output dir")
+    f = path / "model.pt"
+    if not f.exists():
+        raise ConfigError(f"load_path={cfg.load_path} has no model.pt checkpoint: train there first "
+                          "(mode=train writes model.pt after its first epoch)")
+    state = ckpt.load(f)
+    _adopt_architecture(cfg, state["architecture"])
+    return state
+
+
+def prepare(cfg_dict: dict, run_dir: Path):
+    """Everything that can fail on bad input, before any compute."""
+    cfg = from_dict(cfg_dict)
+    device = resolve_device(cfg.device)
+    if cfg.resume is not None:
+        r = Path(cfg.resume)
+        if not r.is_dir():
+            raise ConfigError(f"resume={cfg.resume}: no such run dir")
+        if not (r / "checkpoint.pt").exists():
+            raise ConfigError(f"resume={cfg.resume}: no checkpoint.pt there, nothing to resume "
+                              "(a run writes it after its first epoch, or when stopped by a signal)")
+        state = ckpt.load(r / "checkpoint.pt")
+        check_same_architecture(state["architecture"], cfg, r)
+    elif cfg.mode == "train" and (run_dir / "checkpoint.pt").exists():
+        # a requeued job lands in its own output dir again: it resumes from there
+        check_same_architecture(ckpt.load(run_dir / "checkpoint.pt")["architecture"], cfg, run_dir)
+    weights = _load_weights(cfg) if cfg.load_path is not None else None
+    return cfg, device, weights
+
+
+def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = build_logger(cfg.logger, run_dir, config_dict)
+    status = "failed"
+    try:
+        if cfg.mode == "train":
+            run = Run(cfg, run_dir, device)
+            result = train(run, logger)
+        elif cfg.mode == "evaluate":
+            result = _evaluate(cfg, device, weights, run_dir)
+            logger.log_summary(result)
+        else:
+            result = _gducheck(cfg, device, weights, run_dir, logger)
+        status = "finished"
+        return result
+    except Diverged:
+        status = "diverged"
+        raise
+    except Interrupted:
+        status = "interrupted"
+        raise
+    finally:
+        logger.finish(status)
+
+
+def _evaluate(cfg, device, weights, run_dir):
+    run = Run(cfg, run_dir, device)
+    run.model.load_state_dict(weights["model"])
+    train_acc, _ = evaluate(run.model, run.train, run.dyn)
+    test_acc, test_loss = evaluate(run.model, run.test, run.dyn)
+    line = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "checkpoint": "model.pt", "epoch": weights["epoch"],
+            "T1": cfg.dynamics.T1, "batch_size": cfg.task.test_batch_size, "train_acc": train_acc,
+            "test_acc": test_acc, "test_loss": test_loss}
+    ckpt.append_line(Path(cfg.load_path) / "evaluations.jsonl", json.dumps(line))
+    print(f"[eqprop] evaluate {cfg.load_path}: train acc {train_acc:.4f}  test acc {test_acc:.4f}", flush=True)
+    return line
+
+
+def _gducheck(cfg, device, weights, run_dir, logger):
+    from eqprop.gdu import gdu_check, plot_gdu
+
+    run = Run(cfg, run_dir, device)
+    if weights is not None:
+        run.model.load_state_dict(weights["model"])
+    n = cfg.task.batch_size
+    _, x, y = next(run.train.iterate(torch.arange(len(run.train.dataset))))
+    x, y = x[:n], y[:n]
+    est = cfg.estimator.name if cfg.estimator.name != "bptt" else "one_sided"
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bptt, ep, metrics = gdu_check(run.model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.estimator.beta, est, gen)
+    out_dir = Path(cfg.load_path) if cfg.load_path else run_dir
+    result = {"estimator": est, "beta": cfg.estimator.beta, "T1": cfg.dynamics.T1, "T2": cfg.dynamics.T2,
+              "n_examples": int(x.shape[0]), "metrics": metrics}
+    tmp = out_dir / "gdu.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out_dir / "gdu.json")
+    plot_gdu(bptt, ep, out_dir / "gdu.png")
+    logger.log_gdu(metrics, 0)
+    for key, m in metrics.items():
+        print(f"[eqprop] GDU {key:28s} RMSE {m['rmse']:.4f}  sign error {m['sign_error']:.4f}")
+    return result
+
+
+def main(cfg_dict: dict, run_dir: Path, multirun: bool = False):
+    """Entry point from launch.py. In a multirun, errors propagate so that Hydra marks the job failed
+    and goes on with the others; in a single run they become a message and an exit code."""
+    try:
+        cfg, device, weights = prepare(cfg_dict, run_dir)
+        return run_mode(cfg, device, weights, run_dir, cfg_dict)
+    except (ConfigError, ckpt.CheckpointError) as err:
+        if multirun:
+            raise
+        print(f"[eqprop] error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except (Diverged, Interrupted) as err:
+        if multirun:
+            raise
+        print(f"[eqprop] {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)

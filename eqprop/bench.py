@@ -1,0 +1,345 @@
+"""Benchmark: eqprop's fast path against the original way of running EP, side by side.
+
+    python -m eqprop.bench                      # all configurations, full T1/T2 (CNN: minutes)
+    python -m eqprop.bench --quick              # cut T1/T2 (printed), a smoke run
+    python -m eqprop.bench --configs mlp,mlp_bptt --threads 2 --out bench.json
+
+In one process, each configuration builds one network, one set of weights and one batch, and runs
+a training step (all phases and the parameter gradient; the optimiser's update is left out) two
+ways:
+- eqprop: the estimators as the app runs them (fast relaxation, closed-form EP update);
+- reference: `Reference` below, the original implementation's way: neurons are leaf tensors that
+  require grad, every step is `torch.autograd.grad(Phi.sum(), neurons)` followed by the activation,
+  the EP update is autograd of Phi at the equilibria, and BPTT differentiates through that same
+  autograd-of-Phi dynamics (create_graph=True over the last T2 steps).
+It first checks that both reach the same states and the same parameter update (max abs difference
+< 1e-4 in float32), then times them alternately (median seconds per training step) and measures
+peak memory in a separate run: CUDA max_memory_allocated, or on CPU the growth of the process's
+peak resident set (VmHWM, reset through /proc/self/clear_refs; ru_maxrss growth where that is not
+allowed, which only sees new peaks).
+"""
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from eqprop.estimators import BPTT, Dynamics, Symmetric
+from eqprop.losses import build_loss
+from eqprop.models import build_model
+from eqprop.models.synapses import ConvPool
+
+TOL = 1e-4
+
+# name -> network, batch, T1, T2, estimator; the paper CNN is 128-256-512-512 on 3x32x32
+CONFIGS = {
+    "mlp": dict(model="mlp", batch=128, T1=30, T2=10, est="symmetric"),
+    "mlp_bptt": dict(model="mlp", batch=128, T1=30, T2=10, est="bptt"),
+    "cnn": dict(model="cnn", batch=32, T1=250, T2=30, est="symmetric"),
+    "cnn_bptt": dict(model="cnn", batch=32, T1=250, T2=30, est="bptt"),
+}
+QUICK_T = {"mlp": (30, 10), "cnn": (20, 5)}
+BETA = 0.5
+
+
+def model_cfg(name):
+    if name == "mlp":
+        return SimpleNamespace(name="mlp", archi=[784, 512, 10], activation="my_hard_sig", scale=None,
+                               same_update=False), 1, 28
+    return SimpleNamespace(name="cnn", channels=[128, 256, 512, 512], kernels=[3, 3, 3, 3],
+                           strides=[1, 1, 1, 1], paddings=[1, 1, 1, 0], pools="mmmm", fc=[10],
+                           activation="my_hard_sig", scale=None, same_update=False), 3, 32
+
+
+def build(name, batch, device, seed=0, loss="mse", readout=False):
+    torch.manual_seed(seed)
+    cfg, c, size = model_cfg(name)
+    model = build_model(cfg, build_loss(loss, readout), c, size).to(device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand((batch,) + model.in_shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    return model, x, y
+
+
+# ----- the reference: the original way ------------------------------------------------------------
+class Reference:
+    """EP the original way, on an eqprop model's parameters; Phi is written out here again (not
+    eqprop's `model.phi`) so the check does not lean on the code it checks."""
+
+    def __init__(self, model):
+        self.m = model
+
+    def phi(self, x, s, beta, y):
+        m, layers = self.m, [x] + list(s)
+        phi = 0.0
+        for k in range(m.n_layers):
+            phi = phi + (self._forward(m.synapses[k], layers[k]) * s[k]).flatten(1).sum(1)
+        if beta != 0.0:
+            phi = phi - beta * self.cost(s, y)
+        return phi
+
+    @staticmethod
+    def _forward(syn, inp):
+        if isinstance(syn, ConvPool):
+            h = F.conv2d(inp, syn.weight, syn.bias, syn.stride, syn.padding)
+            return {"m": lambda t: F.max_pool2d(t, 2, 2), "a": lambda t: F.avg_pool2d(t, 2, 2),
+                    "i": lambda t: t}[syn.pool](h)
+        return F.linear(inp.flatten(1), syn.weight, syn.bias)
+
+    def cost(self, s, y):
+        m = self.m
+        out = self._forward(m.synapses[-1], s[-1]) if m.loss.softmax_readout else s[-1]
+        if m.loss.name == "mse":
+            return 0.5 * (out - F.one_hot(y, out.shape[1]).to(out.dtype)).pow(2).sum(1)
+        return F.cross_entropy(out, y, reduction="none")
+
+    def step(self, x, y, neurons, beta, create_graph=False):
+        phi = self.phi(x, neurons, beta, y)
+        grads = torch.autograd.grad(phi.sum(), neurons, create_graph=create_graph)
+        new = [self.m.activation(g) for g in grads]
+        if self.m.loss.linear_output:
+            new[-1] = grads[-1]
+        if not create_graph:
+            new = [t.detach().requires_grad_(True) for t in new]
+        return new
+
+    def relax(self, x, y, neurons, T, beta=0.0, create_graph=False):
+        for _ in range(T):
+            neurons = self.step(x, y, neurons, beta, create_graph)
+        return neurons
+
+    def init(self, x):
+        return [torch.zeros((x.shape[0],) + sh, device=x.device, dtype=x.dtype, requires_grad=True)
+                for sh in self.m.state_shapes]
+
+    def leaves(self, state):
+        return [s.detach().clone().requires_grad_(True) for s in state]
+
+    def symmetric(self, x, y, T1, T2, beta):
+        free = self.relax(x, y, self.init(x), T1)
+        plus = self.relax(x, y, self.leaves(free), T2, beta)
+        minus = self.relax(x, y, self.leaves(free), T2, -beta)
+        params = list(self.m.parameters())
+        delta = self.phi(x, plus, beta, y).mean() - self.phi(x, minus, -beta, y).mean()
+        grads = torch.autograd.grad(-delta / (2 * beta), params)
+        return {"free": free, "plus": plus, "minus": minus}, dict(zip(params, grads))
+
+    def bptt(self, x, y, T1, T2):
+        head = self.relax(x, y, self.init(x), T1 - T2)
+        tail = self.relax(x, y, head, T2, create_graph=True)
+        params = list(self.m.parameters())
+        loss = self.cost(tail, y).mean()
+        grads = torch.autograd.grad(loss, params)
+        return {"final": tail}, dict(zip(params, grads))
+
+
+# ----- eqprop's side, the way the app calls it ------------------------------------------------------
+def eqprop_step(model, x, y, cfg, dyn, gen):
+    est = BPTT() if cfg["est"] == "bptt" else Symmetric(BETA)
+    return est(model, x, y, dyn, gen)
+
+
+def eqprop_states(model, x, y, cfg, dyn, gen):
+    """States and update for the check: the same functions `eqprop_step` runs."""
+    if cfg["est"] == "bptt":
+        est = BPTT()(model, x, y, dyn, gen)
+        return {"final": est.free}, est.grads
+    free, plus, minus = Symmetric(BETA).phases(model, x, y, dyn)
+    grads = model.ep_grads(x, y, (plus.state, BETA), (minus.state, -BETA), 2 * BETA, free=free.state)
+    return {"free": free.state, "plus": plus.state, "minus": minus.state}, grads
+
+
+def reference_step(ref, x, y, cfg):
+    if cfg["est"] == "bptt":
+        return ref.bptt(x, y, cfg["T1"], cfg["T2"])
+    return ref.symmetric(x, y, cfg["T1"], cfg["T2"], BETA)
+
+
+# ----- measuring ----------------------------------------------------------------------------------
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(fn, device):
+    """(bytes, method): peak memory added while fn() runs."""
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
+    try:  # hand freed heap back to the OS so the earlier runs' peaks do not hide this one's
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        base = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - base) * 1024, "peak RSS growth (VmHWM)"
+    except (OSError, KeyError):
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024, "ru_maxrss growth"
+
+
+def max_diff(a, b):
+    return max((u.detach() - v.detach()).abs().max().item() for u, v in zip(a, b))
+
+
+def hardware(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor()
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def run_config(name, cfg, device, repeat, dyn_kw, log):
+    model, x, y = build(cfg["model"], cfg["batch"], device)
+    ref = Reference(model)
+    dyn = Dynamics(cfg["T1"], cfg["T2"], **dyn_kw)
+    gen = torch.Generator().manual_seed(0)
+
+    # 1. the check (also the warm-up of both paths)
+    ref_states, ref_grads = reference_step(ref, x, y, cfg)
+    fast_states, fast_grads = eqprop_states(model, x, y, cfg, dyn, gen)
+    d_state = max(max_diff(ref_states[k], fast_states[k]) for k in ref_states)
+    d_grad = max_diff([ref_grads[p] for p in model.parameters()], [fast_grads[p] for p in model.parameters()])
+    ok = d_state < TOL and d_grad < TOL
+    log(f"  check: max|state diff| {d_state:.2e}, max|update diff| {d_grad:.2e} -> {'ok' if ok else 'MISMATCH'}")
+    del ref_states, ref_grads, fast_states, fast_grads
+
+    # 2. memory, one run each
+    ref_mem, how = peak_memory(lambda: reference_step(ref, x, y, cfg), device)
+    fast_mem, _ = peak_memory(lambda: eqprop_step(model, x, y, cfg, dyn, gen), device)
+
+    # 3. time, alternating so that background load hits both alike
+    times = {"reference": [], "eqprop": []}
+    runs = {"reference": lambda: reference_step(ref, x, y, cfg),
+            "eqprop": lambda: eqprop_step(model, x, y, cfg, dyn, gen)}
+    for i in range(repeat):
+        for key in (("reference", "eqprop") if i % 2 == 0 else ("eqprop", "reference")):
+            sync(device)
+            t0 = time.perf_counter()
+            runs[key]()
+            sync(device)
+            times[key].append(time.perf_counter() - t0)
+        log(f"  rep {i + 1}/{repeat}: reference {times['reference'][-1]:.4f} s, eqprop {times['eqprop'][-1]:.4f} s")
+    ref_s, fast_s = statistics.median(times["reference"]), statistics.median(times["eqprop"])
+    return {
+        "config": name, "model": cfg["model"], "estimator": cfg["est"], "batch": cfg["batch"],
+        "T1": cfg["T1"], "T2": cfg["T2"], "beta": BETA if cfg["est"] != "bptt" else None,
+        "reference_s": ref_s, "eqprop_s": fast_s, "ratio": ref_s / fast_s,
+        "reference_img_s": cfg["batch"] / ref_s, "eqprop_img_s": cfg["batch"] / fast_s,
+        "reference_peak_bytes": ref_mem, "eqprop_peak_bytes": fast_mem, "memory_method": how,
+        "max_state_diff": d_state, "max_update_diff": d_grad, "check_ok": ok,
+        "times_reference": times["reference"], "times_eqprop": times["eqprop"],
+    }
+
+
+def table(rows):
+    head = ("config", "batch", "T1/T2", "reference s/step", "eqprop s/step", "ratio",
+            "ref img/s", "eqprop img/s", "ref peak MB", "eqprop peak MB", "check")
+    lines = [head]
+    for r in rows:
+        lines.append((r["config"], str(r["batch"]), f"{r['T1']}/{r['T2']}", f"{r['reference_s']:.4f}",
+                      f"{r['eqprop_s']:.4f}", f"{r['ratio']:.1f}x", f"{r['reference_img_s']:.1f}",
+                      f"{r['eqprop_img_s']:.1f}", f"{r['reference_peak_bytes'] / 2**20:.0f}",
+                      f"{r['eqprop_peak_bytes'] / 2**20:.0f}",
+                      f"ok ({max(r['max_state_diff'], r['max_update_diff']):.0e})" if r["check_ok"] else "MISMATCH"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m eqprop.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {list(CONFIGS)}")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--quick", action="store_true", help=f"cut T1/T2 to {QUICK_T} and the repeats")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs of each path (default 5 MLP, 3 CNN; 2 quick)")
+    ap.add_argument("--update", default="sync", choices=["sync", "async"],
+                    help="eqprop's update scheme (async does not compute the same states: the check will say so)")
+    ap.add_argument("--batch-nudged", default="auto", choices=["auto", "on", "off"],
+                    help="run the +beta/-beta phases as one batch")
+    ap.add_argument("--graph", action="store_true", help="CUDA graphs for eqprop's relaxation (CUDA only)")
+    ap.add_argument("--out", default="bench.json", help="JSON results file ('' to skip)")
+    args = ap.parse_args(argv)
+
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dyn_kw = {"update": args.update, "graph": args.graph,
+              "batch_nudged": {"auto": None, "on": True, "off": False}[args.batch_nudged]}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    meta = {
+        "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+        "hardware": hardware(device), "threads": torch.get_num_threads(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "quick": args.quick, "dtype": "float32", "update": args.update, "batch_nudged": args.batch_nudged,
+        "graph": args.graph, "command": "python -m eqprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    log(f"eqprop.bench: torch {meta['torch']}, {meta['device']} ({meta['hardware']}), "
+        f"{meta['threads']} threads, {meta['date']}")
+    if args.quick:
+        log(f"QUICK MODE: T1/T2 cut to {QUICK_T}; not the paper's settings")
+    rows = []
+    for name in names:
+        cfg = dict(CONFIGS[name])
+        if args.quick:
+            cfg["T1"], cfg["T2"] = QUICK_T[cfg["model"]]
+        repeat = args.repeat or (2 if args.quick else 5 if cfg["model"] == "mlp" else 3)
+        log(f"{name}: {cfg['model']} batch {cfg['batch']}, T1 {cfg['T1']}, T2 {cfg['T2']}, {cfg['est']}, {repeat} timed runs")
+        rows.append(run_config(name, cfg, device, repeat, dyn_kw, log))
+    meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"torch {meta['torch']} | {meta['device']}: {meta['hardware']} | {meta['threads']} threads | "
+          f"{meta['date']}{' | QUICK (T1/T2 cut)' if args.quick else ''}")
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0 if all(r["check_ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The typed run configuration: Hydra's composed YAML -> dataclasses, checked before any compute.
+
+Every check names the key, the bad value and what is expected, so a typo costs seconds.
+"""
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any, List, Optional
+
+from eqprop.activations import ACTIVATIONS
+from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS
+from eqprop.losses import LOSSES
+from eqprop.models import MODELS
+from eqprop.models.synapses import POOLS
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    activation: str = "my_hard_sig"
+    scale: Optional[float] = None
+    archi: Optional[List[int]] = None        # mlp: layer sizes, input first
+    channels: Optional[List[int]] = None     # cnn: feature maps per conv layer
+    kernels: Optional[List[int]] = None
+    strides: Optional[List[int]] = None
+    paddings: Optional[List[int]] = None
+    pools: Optional[str] = None              # one of m/a/i per conv layer
+    fc: Optional[List[int]] = None           # cnn: fully connected sizes after the convs
+    same_update: bool = False                # vf_*: W and B get the same (averaged) update
+    dropouts: Optional[List[float]] = None   # keep probability per layer (1.0 = no dropout)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "mnist5k"
+    batch_size: int = 64
+    test_batch_size: int = 500
+    augment: bool = False
+    data_dir: str = "data"
+    download: bool = True
+    in_channels: int = 1
+    in_size: int = 28
+    input_dim: int = 784
+    num_classes: int = 10
+    num_workers: int = 0
+    limit_train: Optional[int] = None        # use only the first N training examples (quick checks)
+    limit_test: Optional[int] = None
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "symmetric"
+    beta: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    name: str = "mse"
+    softmax_readout: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.05                         # every layer, unless lrs is given
+    lrs: Optional[List[float]] = None        # layer-wise learning rates (the original --lrs)
+    weight_decay: float = 0.0
+    wds: Optional[List[float]] = None        # layer-wise weight decays (the original --wds)
+    momentum: float = 0.0
+    lr_decay: bool = False                   # cosine annealing (the original --lr-decay)
+    T_max: int = 100
+    eta_min: float = 1e-5
+
+
+@dataclass
+class DynamicsConfig:
+    T1: int = 30
+    T2: int = 10
+    update: str = "sync"                     # sync (paper) | async (even then odd layers)
+    tol: float = 0.0                         # > 0: stop a phase once max |ds| < tol (T is the cap)
+
+
+@dataclass
+class GduConfig:
+    n_examples: int = 5                      # examples used by the check
+    every: int = 0                           # > 0: run the check every N training batches (--check-thm)
+    betas: Optional[List[float]] = None      # gducheck study: several betas in one run
+
+
+@dataclass
+class RunConfig:
+    mode: str = "train"
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    resume: Optional[str] = None
+    load_path: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    gdu: GduConfig = field(default_factory=GduConfig)
+    logger: Any = None                       # passed as a plain dict to eqprop.loggers
+    sweep: Any = None                        # sweep presets only carry metadata here
+
+    @property
+    def n_synapses(self) -> int:
+        m = self.model
+        if m.name in ("mlp", "vf_mlp"):
+            return len(m.archi) - 1
+        return len(m.channels) + len(m.fc)
+
+
+SECTIONS = {"model": ModelConfig, "task": TaskConfig, "estimator": EstimatorConfig, "loss": LossConfig,
+            "optimizer": OptimizerConfig, "dynamics": DynamicsConfig, "gdu": GduConfig}
+FREE_FORM = {"logger", "sweep", "experiment"}
+
+
+def _unknown(where: str, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {where}{close[0]}?" if close else f"; known keys: {sorted(known)}"
+    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in names:
+            raise _unknown(where, k, names)
+    return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Build a RunConfig from a resolved plain dict (OmegaConf.to_container(cfg, resolve=True))."""
+    top = {f.name for f in fields(RunConfig)} | FREE_FORM
+    kwargs = {}
+    for k, v in d.items():
+        if k not in top:
+            raise _unknown("", k, top)
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{k} must be a config group (e.g. {k}=<option>), got {v!r}")
+            kwargs[k] = _build(SECTIONS[k], v, f"{k}.")
+        elif k == "experiment":
+            continue
+        else:
+            kwargs[k] = v
+    cfg = RunConfig(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _expect(ok: bool, msg: str):
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _is_int_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def conv_sizes(in_size: int, m: ModelConfig) -> List[int]:
+    """Feature-map size after each conv(+pool) layer."""
+    sizes, size = [], in_size
+    for k, s, p, pool in zip(m.kernels, m.strides, m.paddings, m.pools):
+        size = (size + 2 * p - k) // s + 1
+        if pool != "i":
+            size //= 2
+        sizes.append(size)
+    return sizes
+
+
+def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks reads best
+    m, t, e, lo, o, dy = cfg.model, cfg.task, cfg.estimator, cfg.loss, cfg.optimizer, cfg.dynamics
+    _expect(cfg.mode in ("train", "evaluate", "gducheck"),
+            f"mode={cfg.mode!r} is not known; expected train, evaluate or gducheck")
+    _expect(isinstance(cfg.epochs, int) and cfg.epochs >= 0, f"epochs={cfg.epochs!r} must be an integer >= 0")
+    _expect(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r} must be float32 or float64")
+    _expect(isinstance(dy.T1, int) and dy.T1 > 0, f"dynamics.T1={dy.T1!r} must be a positive integer (steps of the free phase)")
+    _expect(isinstance(dy.T2, int) and dy.T2 > 0, f"dynamics.T2={dy.T2!r} must be a positive integer (steps of the nudged phase)")
+    _expect(dy.update in ("sync", "async"), f"dynamics.update={dy.update!r} must be sync or async")
+    _expect(dy.tol >= 0, f"dynamics.tol={dy.tol!r} must be >= 0 (0 disables the convergence stop)")
+    _expect(e.name in ESTIMATORS, f"estimator.name={e.name!r} is not known; expected one of {sorted(ESTIMATORS)}")
+    if e.name in EP_ESTIMATORS:
+        _expect(isinstance(e.beta, (int, float)) and e.beta > 0,
+                f"estimator.beta={e.beta!r} must be > 0 for estimator={e.name} (the nudging strength; "
+                "the sign is set by the estimator)")
+    if e.name == "bptt":
+        _expect(dy.T2 <= dy.T1, f"dynamics.T2={dy.T2} must be <= dynamics.T1={dy.T1} for bptt "
+                "(BPTT back-propagates through the last T2 of the T1 free steps)")
+    _expect(lo.name in LOSSES, f"loss.name={lo.name!r} is not known; expected one of {list(LOSSES)}")
+    _expect(not (lo.name == "mse" and lo.softmax_readout),
+            "loss.softmax_readout=true needs loss=cel (the read-out is trained with cross-entropy); "
+            "use loss=cel or set loss.softmax_readout=false")
+    _expect(t.batch_size > 0, f"task.batch_size={t.batch_size!r} must be > 0")
+    _expect(t.test_batch_size > 0, f"task.test_batch_size={t.test_batch_size!r} must be > 0")
+    _expect(o.name in ("sgd", "adam"), f"optimizer.name={o.name!r} must be sgd or adam")
+    _expect(m.activation in ACTIVATIONS,
+            f"model.activation={m.activation!r} is not known; expected one of {sorted(ACTIVATIONS)}")
+    _expect(m.name in MODELS, f"model.name={m.name!r} is not known; expected one of {list(MODELS)}")
+
+    if m.name in ("mlp", "vf_mlp"):
+        _expect(_is_int_list(m.archi) and len(m.archi) >= 2 and all(a > 0 for a in m.archi),
+                f"model.archi={m.archi!r} must list at least two positive layer sizes, input first (e.g. [784,512,10])")
+        _expect(m.archi[0] == t.input_dim,
+                f"model.archi[0]={m.archi[0]} does not match the input of task={t.name} "
+                f"({t.input_dim} = {t.in_channels}x{t.in_size}x{t.in_size}); set model.archi=[{t.input_dim},...]")
+        out = m.archi[-1]
+    else:
+        n = len(m.channels or [])
+        _expect(_is_int_list(m.channels) and n >= 1 and all(c > 0 for c in m.channels),
+                f"model.channels={m.channels!r} must list at least one positive number of feature maps")
+        for key in ("kernels", "strides", "paddings"):
+            v = getattr(m, key)
+            _expect(_is_int_list(v) and len(v) == n,
+                    f"model.{key}={v!r} must have one integer per conv layer ({n}, as model.channels={m.channels})")
+        _expect(all(k > 0 for k in m.kernels) and all(s > 0 for s in m.strides) and all(p >= 0 for p in m.paddings),
+                "model.kernels and model.strides must be > 0 and model.paddings >= 0")
+        _expect(isinstance(m.pools, str) and len(m.pools) == n and all(c in POOLS for c in m.pools),
+                f"model.pools={m.pools!r} must have one letter per conv layer ({n}): m=max, a=average, i=none")
+        _expect(_is_int_list(m.fc) and len(m.fc) >= 1 and all(f > 0 for f in m.fc),
+                f"model.fc={m.fc!r} must list at least one fully connected layer (the last one is the output, e.g. [10])")
+        sizes = conv_sizes(t.in_size, m)
+        _expect(all(s >= 1 for s in sizes),
+                f"the conv stack shrinks the {t.in_size}x{t.in_size} input of task={t.name} to nothing "
+                f"(feature-map sizes {sizes}); reduce kernels/strides/pools or add padding")
+        out = m.fc[-1]
+    _expect(out == t.num_classes,
+            f"the model's output layer has {out} units but task={t.name} has {t.num_classes} classes")
+    n_syn = cfg.n_synapses
+    n_neuron_layers = n_syn - (1 if lo.softmax_readout else 0)
+    if m.name.startswith("vf_"):
+        _expect(n_neuron_layers >= 2,
+                f"model={m.name} needs at least two neuron layers to have backward weights "
+                f"(it has {n_neuron_layers}); add a hidden layer")
+    _expect(n_neuron_layers >= 1, "the softmax read-out needs a hidden layer below it; add one to the model")
+    for key in ("lrs", "wds"):
+        v = getattr(o, key)
+        if v is not None:
+            _expect(isinstance(v, list) and len(v) == n_syn,
+                    f"optimizer.{key} has {len(v) if isinstance(v, list) else v!r} values but model={m.name} "
+                    f"has {n_syn} layers of weights; give one value per layer")
+    _expect(o.lr > 0 and all(v > 0 for v in (o.lrs or [])), "learning rates must be > 0")
+    if m.dropouts is not None:
+        _expect(isinstance(m.dropouts, list) and len(m.dropouts) == n_syn,
+                f"model.dropouts has {len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} values "
+                f"but model={m.name} has {n_syn} layers; give one keep probability per layer")
+        _expect(all(isinstance(p, (int, float)) and 0 < p <= 1 for p in m.dropouts),
+                f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")
+    if cfg.mode == "evaluate":
+        _expect(cfg.load_path is not None, "mode=evaluate needs load_path=<run dir> (a training run's output dir)")
+    _expect(cfg.gdu.n_examples > 0 and cfg.gdu.every >= 0, "gdu.n_examples must be > 0 and gdu.every >= 0")

@@ -1,0 +1,275 @@
+"""The training loop: epochs of estimator + optimiser steps, metrics, checkpoints, resume, signals.
+
+The engine never branches on the estimator's name: an estimator turns a batch into gradients.
+Files written into the run dir:
+  metrics.jsonl    one JSON object per epoch (appended, never rewritten)
+  checkpoint.pt    latest state, for resume (atomic)
+  model.pt         best test accuracy so far;  final_model.pt at the end
+  accuracy.png, activity.png
+"""
+import json
+import math
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eqprop import checkpoint as ckpt
+from eqprop.config import ConfigError, RunConfig
+from eqprop.data import Batches, epoch_seed
+from eqprop.estimators import Dynamics, build_estimator
+from eqprop.losses import build_loss
+from eqprop.models import build_model
+from eqprop.optim import build_optimizer
+from eqprop.plots import plot_accuracy, plot_activity
+from eqprop.tasks import build_task
+
+
+class Diverged(RuntimeError):
+    exit_code = 3
+
+
+class Interrupted(RuntimeError):
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+        self.exit_code = 128 + signum
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).isdigit():  # the original --device 0
+        name = f"cuda:{name}"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} was asked for but no CUDA GPU is available here; use device=cpu "
+                              "(or device=auto to take a GPU when there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} GPU(s) here")
+    return dev
+
+
+def architecture(cfg: RunConfig) -> dict:
+    """What a checkpoint's weights depend on; resuming with anything else is refused."""
+    t = cfg.task
+    return {"model": asdict(cfg.model), "softmax_readout": cfg.loss.softmax_readout, "loss": cfg.loss.name,
+            "input": [t.in_channels, t.in_size, t.in_size], "num_classes": t.num_classes}
+
+
+def check_same_architecture(stored: dict, cfg: RunConfig, where: Path):
+    now = architecture(cfg)
+    diffs = []
+    for key in now:
+        a, b = stored.get(key), now[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
+                      for k in b if a.get(k) != b.get(k) and k not in ("dropouts",)]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
+    if diffs:
+        raise ConfigError(f"cannot resume {where}: it holds a run of a different architecture ("
+                          + "; ".join(diffs) + "). Resume with the same model/loss/task, or start a new run.")
+
+
+class Run:
+    """Everything one job needs, built from the config (data loaded, model initialised)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, device: torch.device, data=True):
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        torch.manual_seed(cfg.seed)
+        self.loss = build_loss(cfg.loss.name, cfg.loss.softmax_readout)
+        self.model = build_model(cfg.model, self.loss, cfg.task.in_channels, cfg.task.in_size)
+        self.model.to(device=device, dtype=self.dtype)
+        self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
+        d = cfg.dynamics
+        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol)
+        self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)
+        if data:
+            train, test = build_task(cfg.task)
+            self.train = Batches(train, cfg.task.batch_size, cfg.task.num_workers, device, self.dtype)
+            self.test = Batches(test, cfg.task.test_batch_size, cfg.task.num_workers, device, self.dtype)
+
+
+@torch.no_grad()
+def evaluate(model, batches: Batches, dyn: Dynamics):
+    """Accuracy and mean loss at the free equilibrium reached in T1 steps."""
+    from eqprop.estimators.base import free_phase
+
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for _, x, y in batches.iterate():
+        state = free_phase(model, x, dyn).state
+        out = model.output(state)
+        correct += (out.argmax(1) == y).sum().item()
+        loss_sum += model.loss.cost(out, y).sum().item()
+        total += y.numel()
+    return correct / max(total, 1), loss_sum / max(total, 1)
+
+
+class SignalFlag:
+    """SIGTERM / SIGINT / SIGUSR1 ask for a checkpoint at the next batch boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _finite(est, model) -> bool:
+    checks = [torch.isfinite(g).all() for g in est.grads.values()] + [torch.isfinite(s).all() for s in est.free]
+    return bool(torch.stack(checks).all())
+
+
+def train(run: Run, logger) -> dict:
+    cfg, model, run_dir = run.cfg, run.model, run.run_dir
+    paths = {k: run_dir / f"{k}" for k in ("metrics.jsonl", "checkpoint.pt", "model.pt", "final_model.pt")}
+    history, best, start_epoch, start_batch, partial = [], -1.0, 0, 0, None
+    if paths["checkpoint.pt"].exists():
+        state = ckpt.load(paths["checkpoint.pt"], map_location=run.device)
+        check_same_architecture(state["architecture"], cfg, run_dir)
+        model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scheduler is not None and state.get("scheduler"):
+            run.scheduler.load_state_dict(state["scheduler"])
+        history, best = state["history"], state["best_test_acc"]
+        start_epoch, start_batch, partial = state["epoch"], state["batch"], state.get("partial")
+        print(f"[eqprop] resuming {run_dir} at epoch {start_epoch + 1}"
+              + (f", batch {start_batch + 1}" if start_batch else ""), flush=True)
+
+    def save_checkpoint(epoch, batch, partial_state):
+        ckpt.save_atomic({
+            "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "epoch": epoch, "batch": batch, "partial": partial_state, "history": history,
+            "best_test_acc": best, "architecture": architecture(cfg), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }, paths["checkpoint.pt"])
+
+    def save_model(path, epoch, test_acc):
+        ckpt.save_atomic({"model": model.state_dict(), "architecture": architecture(cfg), "epoch": epoch,
+                          "test_acc": test_acc}, path)
+
+    n_train = len(run.train.dataset)
+    with SignalFlag() as flag:
+        for epoch in range(start_epoch, cfg.epochs):
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 1))
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, 2))  # augmentation, dropout
+            acc = {"correct": 0, "total": 0, "loss": 0.0, "steps_free": 0, "steps_nudged": 0, "batches": 0,
+                   "seconds": 0.0}
+            b0 = 0
+            if partial is not None and epoch == start_epoch and start_batch:
+                acc, b0 = partial["acc"], start_batch
+                gen.set_state(partial["gen"])
+                torch.set_rng_state(partial["torch_rng"])
+            partial = None
+            model.train()
+            t0 = time.perf_counter()
+            bar = tqdm(run.train.iterate(order, b0), total=len(run.train), initial=b0,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0, dynamic_ncols=True)
+            last_state = None
+            for b, x, y in bar:
+                est = run.estimator(model, x, y, run.dyn, gen)
+                if not _finite(est, model):
+                    _diverged(run, logger, history, epoch, b, paths["metrics.jsonl"])
+                for p in model.parameters():
+                    p.grad = est.grads[p]
+                run.optimizer.step()
+                with torch.no_grad():
+                    out = model.output(est.free)
+                    acc["correct"] += (out.argmax(1) == y).sum().item()
+                    acc["total"] += y.numel()
+                    acc["loss"] += model.loss.cost(out, y).sum().item()
+                acc["steps_free"] += est.steps.get("free", 0)
+                acc["steps_nudged"] += est.steps.get("nudged", 0)
+                acc["batches"] += 1
+                last_state = est.free
+                if cfg.gdu.every and (b + 1) % cfg.gdu.every == 0:
+                    _periodic_gdu(run, logger, x, y, epoch, b, gen)
+                bar.set_postfix(acc=f"{acc['correct'] / acc['total']:.3f}", refresh=False)
+                if flag.signum is not None:
+                    acc["seconds"] += time.perf_counter() - t0
+                    save_checkpoint(epoch, b + 1, {"acc": acc, "gen": gen.get_state(),
+                                                   "torch_rng": torch.get_rng_state()})
+                    bar.close()
+                    raise Interrupted(flag.signum, f"at epoch {epoch + 1}, batch {b + 1}; checkpoint saved in "
+                                      f"{run_dir}. Rerun the same command with resume={run_dir} to continue.")
+            bar.close()
+            if run.scheduler is not None and epoch < run.scheduler.T_max:
+                run.scheduler.step()
+            train_seconds = acc["seconds"] + time.perf_counter() - t0
+            test_acc, test_loss = evaluate(model, run.test, run.dyn)
+            nb = max(acc["batches"], 1)
+            metrics = {
+                "epoch": epoch + 1, "train_acc": acc["correct"] / max(acc["total"], 1),
+                "train_loss": acc["loss"] / max(acc["total"], 1), "test_acc": test_acc, "test_loss": test_loss,
+                "seconds": train_seconds, "lrs": [g["lr"] for g in run.optimizer.param_groups],
+                "steps_free": acc["steps_free"] / nb, "steps_nudged": acc["steps_nudged"] / nb, "status": "ok",
+            }
+            if model.asymmetric:
+                metrics["angles"] = model.angles()
+            history.append(metrics)
+            ckpt.append_line(paths["metrics.jsonl"], json.dumps(metrics))
+            if test_acc > best:
+                best = test_acc
+                save_model(paths["model.pt"], epoch + 1, test_acc)
+            save_checkpoint(epoch + 1, 0, None)
+            plot_accuracy(history, run_dir / "accuracy.png")
+            if last_state is not None:
+                plot_activity(last_state, run_dir / "activity.png")
+            logger.log_epoch(metrics, state=last_state, model=model)
+            print(f"[eqprop] epoch {epoch + 1}/{cfg.epochs}  train acc {metrics['train_acc']:.4f}  "
+                  f"test acc {test_acc:.4f}  loss {metrics['train_loss']:.4f}  {train_seconds:.1f}s", flush=True)
+    if history:
+        save_model(paths["final_model.pt"], history[-1]["epoch"], history[-1]["test_acc"])
+    summary = {"best_test_acc": best if history else None,
+               "final_test_acc": history[-1]["test_acc"] if history else None, "epochs": len(history)}
+    logger.log_summary(summary)
+    return summary
+
+
+def _diverged(run, logger, history, epoch, batch, metrics_path):
+    line = {"epoch": epoch + 1, "batch": batch + 1, "status": "diverged"}
+    ckpt.append_line(metrics_path, json.dumps(line))
+    raise Diverged(f"training diverged at epoch {epoch + 1}, batch {batch + 1}: NaN or Inf in the states or "
+                   "gradients. Lower the learning rates (optimizer.lr / optimizer.lrs) or beta; the last good "
+                   f"checkpoint in {run.run_dir} is kept.")
+
+
+def _periodic_gdu(run, logger, x, y, epoch, batch, gen):
+    """The original --check-thm: the GDU check on a few examples of the current batch."""
+    from eqprop.gdu import gdu_check
+
+    n = min(run.cfg.gdu.n_examples, x.shape[0])
+    beta = getattr(run.estimator, "beta", 0.0) or run.cfg.estimator.beta
+    est_name = run.estimator.name if run.estimator.name != "bptt" else "one_sided"
+    _, _, metrics = gdu_check(run.model, x[:n], y[:n], run.dyn.T1, run.dyn.T2, beta, est_name, gen)
+    step = epoch * len(run.train) + batch + 1
+    ckpt.append_line(run.run_dir / "gdu_train.jsonl", json.dumps({"epoch": epoch + 1, "batch": batch + 1,
+                                                                  "metrics": metrics}))
+    logger.log_gdu(metrics, step)

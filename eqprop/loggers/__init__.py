@@ -1,0 +1,30 @@
+"""Run loggers: `none` (files only) and `wandb`. The engine only talks to this interface."""
+from pathlib import Path
+
+
+class NullLogger:
+    """Logs nothing beyond the run's own files (metrics.jsonl, plots, checkpoints)."""
+
+    def log_epoch(self, metrics: dict, state=None, model=None) -> None:
+        pass
+
+    def log_gdu(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_summary(self, summary: dict) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        pass
+
+
+def build_logger(logger_cfg, run_dir: Path, config: dict):
+    """logger_cfg: the plain dict of the `logger` config group (or None)."""
+    name = (logger_cfg or {}).get("name", "none")
+    if name == "none":
+        return NullLogger()
+    if name == "wandb":
+        from eqprop.loggers.wandb_logger import WandbLogger
+
+        return WandbLogger(logger_cfg, run_dir, config)
+    raise ValueError(f"logger.name={name!r} is not known; expected none or wandb")

@@ -1,0 +1,182 @@
+"""The fast relaxation step: `EnergyNet.step`'s arithmetic, done in place in preallocated buffers.
+
+`model.step` is the definition (tested against autograd of Phi in float64); `FastStepper` computes
+the same thing (tested against `model.step` in tests/test_fast_path.py) and is what `relax` runs
+when no autograd graph is wanted. Where the time goes and what it saves:
+- two buffers per layer (ping-pong): a step writes the new state over the state before last, so a
+  relaxation allocates once instead of every step (what dominates small nets such as the MLP);
+- accumulation in place: the feedback GEMM adds onto the drive (`addmm` with `out=`), the
+  activation is applied with in-place clamps;
+- one forward pass per synapse per step: a synapse's max-pool indices route both the drive of the
+  layer above and the transpose feeding back into the layer below. In async mode the indices are
+  kept across half steps while the layer they were computed from is unchanged, so async costs
+  no more convolutions per step than sync;
+- beta may be a per-example tensor, so the +beta and -beta nudged phases run as one batch;
+- every buffer has a fixed address, so a CUDA graph can capture steps and replay them.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from eqprop import activations as A
+
+_INPLACE = {
+    # (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1), up to one rounding of x - 1 + 1
+    A.my_hard_sig: lambda t: t.mul_(0.5).clamp_(0.0, 1.0),
+    A.hard_sigmoid: lambda t: t.clamp_(0.0, 1.0),
+    A.ctrd_hard_sig: lambda t: t.clamp_(-0.5, 0.5),
+    A.my_sigmoid: lambda t: t.sub_(0.5).mul_(4.0).sigmoid_(),
+    torch.tanh: torch.tanh_,
+}
+
+
+def inplace_activation(fn):
+    """The in-place form of activation `fn` (a copy for activations without one)."""
+    return _INPLACE.get(fn, lambda t: t.copy_(fn(t)))
+
+
+class FastStepper:
+    """State buffers and scratch for relaxing `model` on one batch.
+
+    drive0: f_0(x); state: the starting state (copied, never written); beta: a float, or a tensor
+    with one value per example; y: the targets when nudged. With `static=True` every input lives in
+    a buffer owned by the stepper (refilled by `load`), which is what CUDA graph replay needs.
+    """
+
+    def __init__(self, model, drive0, state: Sequence[torch.Tensor], beta=0.0, y=None,
+                 static: bool = False, memory_format=None):
+        self.model = model
+        self.n = n = model.n_layers
+        self.static = static
+        fmt = memory_format or torch.preserve_format
+        self.cur = [s.detach().clone(memory_format=_fmt(s, fmt)) for s in state]
+        self.nxt = [torch.empty_like(s) for s in self.cur]
+        self.batch = batch = self.cur[0].shape[0]
+        dev, dt = self.cur[0].device, self.cur[0].dtype
+        self.act = inplace_activation(model.activation)
+        self.linear_last = model.loss.linear_output
+        syn = model.synapses
+
+        # Forward contexts: synapse j (1 <= j < n) reads layer j - 1; its ctx is static except the
+        # max-pool indices, which live in a buffer refilled whenever the drive is computed.
+        self.fwd_ctx = {}
+        for j in range(1, n):
+            idx = torch.empty_like(self.cur[j], dtype=torch.long) if syn[j].needs_ctx else None
+            self.fwd_ctx[j] = syn[j].static_ctx(self.cur[j - 1].shape, idx)
+        # Feedback into layer k < n - 1 goes through model.feedback_synapse(k), which reads layer k:
+        # synapse k + 1 itself (symmetric nets, ctx shared with the drive of layer k + 1) or a
+        # backward twin with its own indices and a scratch output (vector-field nets).
+        self.fb = []
+        for k in range(n - 1):
+            s_fb, shared = model.feedback_synapse(k)
+            if shared:
+                self.fb.append((s_fb, self.fwd_ctx[k + 1], ("f", k + 1), None))
+            else:
+                idx = torch.empty_like(self.cur[k + 1], dtype=torch.long) if s_fb.needs_ctx else None
+                scratch = torch.empty_like(self.cur[k + 1]) if s_fb.needs_ctx else None
+                self.fb.append((s_fb, s_fb.static_ctx(self.cur[k].shape, idx), ("b", k), scratch))
+        self.readout = syn[n] if model.loss.softmax_readout else None
+        self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
+        self.valid = set()  # keys of contexts computed from the current value of the layer they read
+
+        self.nudged = torch.is_tensor(beta) or beta != 0.0
+        if static:
+            self.drive0 = drive0.detach().clone(memory_format=_fmt(drive0, fmt))
+            self.neg_beta = torch.empty((batch,) + (1,) * (self.cur[-1].dim() - 1), device=dev, dtype=dt)
+            self.target = None
+        self.load(drive0, None, beta, y)
+
+    # ----- inputs ---------------------------------------------------------------------------------
+    def load(self, drive0, state, beta, y):
+        """(Re)fill the inputs: copies into the fixed buffers when static, references otherwise."""
+        if state is not None:
+            for c, s in zip(self.cur, state):
+                c.copy_(s)
+            self.valid.clear()
+        if self.static:
+            if drive0 is not self.drive0:
+                self.drive0.copy_(drive0)
+        else:
+            self.drive0 = drive0
+        if not self.nudged:
+            return
+        out_dim = (self.model.synapses[-1].out_features if self.readout is not None
+                   else self.cur[-1].shape[1])
+        target = F.one_hot(y, out_dim).to(self.cur[-1].dtype)
+        shape = (self.batch,) + (1,) * (self.cur[-1].dim() - 1)
+        if self.static:
+            if self.target is None:
+                self.target = torch.empty_like(target)
+            self.target.copy_(target)
+            self.neg_beta.copy_((-torch.as_tensor(beta, dtype=self.neg_beta.dtype)).expand(self.batch).view(shape))
+        else:
+            self.target = target
+            self.neg_beta = (-beta.to(self.cur[-1].dtype).view(shape)) if torch.is_tensor(beta) else -float(beta)
+
+    @property
+    def state(self) -> list:
+        return self.cur
+
+    # ----- the step -------------------------------------------------------------------------------
+    def step(self, layers: Optional[Sequence[int]] = None):
+        """One synchronous update of `layers` (all by default), like `model.step(..., layers)`."""
+        n, cur, nxt, syn, valid = self.n, self.cur, self.nxt, self.model.synapses, self.valid
+        todo = range(n) if layers is None else layers
+        for k in todo:
+            if k > 0:
+                syn[k].drive_into(cur[k - 1], nxt[k], self.fwd_ctx[k][1] if syn[k].needs_ctx else None)
+                valid.add(("f", k))
+        for k in todo:
+            base = self.drive0 if k == 0 else nxt[k]
+            if k + 1 < n:
+                s_fb, ctx, key, scratch = self.fb[k]
+                if s_fb.needs_ctx and key not in valid:
+                    # Only the indices are wanted; the pooled output lands in scratch, or in the
+                    # buffer of layer k + 1, which this call does not update (else it would be valid).
+                    s_fb.drive_into(cur[k], nxt[k + 1] if scratch is None else scratch, ctx[1])
+                    valid.add(key)
+                s_fb.feedback_into(cur[k + 1], ctx, base, nxt[k])
+            elif k == 0:
+                nxt[0].copy_(base)
+            if k == n - 1 and self.nudged:
+                self._nudge(nxt[k], cur[k])
+            if not (k == n - 1 and self.linear_last):
+                self.act(nxt[k])
+        for k in todo:
+            cur[k], nxt[k] = nxt[k], cur[k]
+            valid.discard(("f", k + 1))
+            valid.discard(("b", k))
+
+    def prime(self, keys):
+        """Recompute the pool indices named by `keys` from the current state and mark them valid
+        (a replayed CUDA graph expects the ones that were valid when it was captured)."""
+        syn = self.model.synapses
+        for key in keys:
+            kind, j = key
+            if kind == "f":
+                syn[j].drive_into(self.cur[j - 1], self.nxt[j], self.fwd_ctx[j][1])
+            else:
+                s_fb, ctx, _, scratch = self.fb[j]
+                s_fb.drive_into(self.cur[j], scratch, ctx[1])
+            self.valid.add(key)
+
+    def _nudge(self, out, last):
+        """out -= beta * dC/ds_{n-1}, computed from the current (pre-step) last layer."""
+        loss = self.model.loss
+        z = self.readout.drive(last)[0] if self.readout is not None else last
+        g = torch.sub(z, self.target) if loss.name == "mse" else torch.softmax(z, dim=1).sub_(self.target)
+        if self.readout is not None:
+            g = self.readout.feedback(g, self.readout_ctx)
+        if torch.is_tensor(self.neg_beta):
+            out.addcmul_(self.neg_beta, g)
+        else:
+            out.add_(g, alpha=self.neg_beta)
+
+    def residual(self) -> torch.Tensor:
+        """Largest |change| made by the last full step (every layer updated once since), on device."""
+        return torch.stack([(c - p).abs().amax() for c, p in zip(self.cur, self.nxt)]).amax()
+
+
+def _fmt(t, fmt):
+    return fmt if t.dim() == 4 else torch.preserve_format

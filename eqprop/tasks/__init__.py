@@ -1,0 +1,27 @@
+"""Tasks: (train, test) datasets of (x, y) with x shaped (channels, size, size)."""
+from torch.utils.data import Subset
+
+from eqprop.config import ConfigError, TaskConfig
+from eqprop.tasks import offline, torchvision_tasks
+
+TASKS = {
+    "mnist5k": lambda cfg: offline.mnist5k(),
+    "digits": lambda cfg: offline.digits(),
+    "mnist": torchvision_tasks.mnist,
+    "cifar10": torchvision_tasks.cifar10,
+}
+
+
+def build_task(cfg: TaskConfig):
+    if cfg.name not in TASKS:
+        raise ConfigError(f"task.name={cfg.name!r} is not known; expected one of {sorted(TASKS)}")
+    train, test = TASKS[cfg.name](cfg)
+    if cfg.limit_train:
+        train = Subset(train, range(min(cfg.limit_train, len(train))))
+    if cfg.limit_test:
+        test = Subset(test, range(min(cfg.limit_test, len(test))))
+    x0, _ = train[0]
+    if tuple(x0.shape) != (cfg.in_channels, cfg.in_size, cfg.in_size):
+        raise ConfigError(f"task={cfg.name} yields inputs of shape {tuple(x0.shape)} but the config says "
+                          f"in_channels={cfg.in_channels}, in_size={cfg.in_size}")
+    return train, test

@@ -1,0 +1,189 @@
+"""The fast relaxation path (in place, preallocated, cached pool indices, batched nudges) computes
+what the step-by-step `model.step` path computes, in float64 to 1e-10; and the closed-form EP update
+equals autograd of Phi."""
+import pytest
+import torch
+
+from eqprop.activations import ACTIVATIONS
+from eqprop.dynamics import relax, relax_stepwise
+from eqprop.estimators import Dynamics, OneSided, Symmetric
+from eqprop.models.fast import FastStepper, inplace_activation
+from tests.helpers import random_batch, random_state, small_net
+
+CASES = [
+    ("mlp", "mse", False, {}),
+    ("mlp", "cel", False, {}),
+    ("mlp", "cel", True, {}),
+    ("mlp", "mse", False, {"archi": [12, 5]}),  # a single neuron layer
+    ("vf_mlp", "mse", False, {}),
+    ("vf_mlp", "cel", True, {}),
+    ("cnn", "mse", False, {"pools": "mm"}),
+    ("cnn", "mse", False, {"pools": "aa"}),
+    ("cnn", "mse", False, {"pools": "ii"}),
+    ("cnn", "cel", True, {"pools": "ma", "fc": [6, 5]}),
+    ("cnn", "cel", False, {"pools": "mi", "strides": [2, 1], "paddings": [1, 1]}),
+    ("cnn", "mse", False, {"channels": [3, 4, 4], "kernels": [3, 3, 3], "strides": [1, 1, 1],
+                           "paddings": [1, 1, 1], "pools": "mmi", "fc": [6, 5], "in_size": 12}),
+    ("vf_cnn", "mse", False, {"pools": "mm"}),
+    ("vf_cnn", "cel", True, {"pools": "am"}),
+]
+IDS = [f"{c[0]}-{c[1]}{'-readout' if c[2] else ''}-{i}" for i, c in enumerate(CASES)]
+ATOL = 1e-10
+
+
+def close(a, b, atol=ATOL):
+    return all(u.shape == v.shape and torch.allclose(u, v, rtol=0, atol=atol) for u, v in zip(a, b))
+
+
+def maxdiff(a, b):
+    return max((u - v).abs().max().item() for u, v in zip(a, b))
+
+
+def setup(case, n=5):
+    name, loss, readout, kw = case
+    model = small_net(name, loss, readout, **kw)
+    x, y = random_batch(model, n=n)
+    state = random_state(model, n=n)
+    return model, x, y, state
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("update", ["sync", "async"])
+@pytest.mark.parametrize("beta", [0.0, 0.7, -0.4])
+def test_fast_relax_equals_stepwise(case, update, beta):
+    model, x, y, state = setup(case)
+    before = [s.clone() for s in state]
+    with torch.no_grad():
+        fast = relax(model, x, state, 9, beta, y, update=update)
+        slow = relax_stepwise(model, x, state, 9, beta, y, update=update)
+    assert fast.steps == slow.steps == 9
+    assert close(fast.state, slow.state), maxdiff(fast.state, slow.state)
+    assert close(state, before, atol=0), "relax must not write into the state it was given"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_batched_plus_minus_beta_equals_separate(case, update):
+    model, x, y, state = setup(case)
+    m, b = x.shape[0], 0.6
+    with torch.no_grad():
+        drive0 = model.input_drive(x)
+        both = relax(model, None, [torch.cat([s, s]) for s in state], 8,
+                     torch.cat([torch.full((m,), b, dtype=torch.float64), torch.full((m,), -b, dtype=torch.float64)]), torch.cat([y, y]),
+                     drive0=torch.cat([drive0, drive0]), update=update)
+        plus = relax_stepwise(model, x, state, 8, b, y, update=update)
+        minus = relax_stepwise(model, x, state, 8, -b, y, update=update)
+    assert close([s[:m] for s in both.state], plus.state)
+    assert close([s[m:] for s in both.state], minus.state)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[12]], ids=["mlp", "cnn", "vf_cnn"])
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_tolerance_stops_where_stepwise_does(case, update):
+    model, x, y, state = setup(case)
+    with torch.no_grad():
+        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
+        slow = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
+        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6)
+    assert fast.steps == slow.steps < 200
+    assert fast.residual < 1e-6 and abs(fast.residual - slow.residual) < 1e-12
+    assert close(fast.state, slow.state)
+    assert capped.steps == fast.steps - 1 and capped.residual >= 1e-6
+
+
+def test_check_every_checks_on_multiples_only():
+    model, x, y, state = setup(CASES[6])
+    with torch.no_grad():
+        every = relax(model, x, state, 200, 0.0, y, tol=1e-6, check_every=7)
+        each = relax(model, x, state, 200, 0.0, y, tol=1e-6, check_every=1)
+    assert every.steps % 7 == 0 and each.steps <= every.steps < each.steps + 7
+
+
+def test_fast_step_partial_layers_matches_model_step():
+    model, x, y, state = setup(CASES[6])
+    drive0 = model.input_drive(x)
+    with torch.no_grad():
+        st = FastStepper(model, drive0, state, 0.5, y)
+        for layers in ([1], [0, 2], None, [2], [0]):
+            want = model.step(drive0, [s.clone() for s in st.state], 0.5, y, layers=layers)
+            st.step(layers)
+            assert close(st.state, want)
+
+
+def test_channels_last_buffers_give_the_same_states():
+    model, x, y, state = setup(CASES[11])
+    with torch.no_grad():
+        drive0 = model.input_drive(x)
+        st = FastStepper(model, drive0, state, 0.5, y, memory_format=torch.channels_last)
+        for _ in range(6):
+            st.step()
+        want = relax_stepwise(model, x, state, 6, 0.5, y).state
+    assert st.state[0].is_contiguous(memory_format=torch.channels_last)
+    assert close(st.state, want)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_inplace_activation(name):
+    fn = ACTIVATIONS[name]
+    x = torch.linspace(-3, 3, 1001, dtype=torch.float64)
+    assert torch.allclose(inplace_activation(fn)(x.clone()), fn(x), rtol=0, atol=1e-15)
+    other = lambda t: t * 2  # noqa: E731  (no in-place form known: falls back to a copy)
+    assert torch.equal(inplace_activation(other)(x.clone()), x * 2)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c[0].startswith("vf")],
+                         ids=[i for c, i in zip(CASES, IDS) if not c[0].startswith("vf")])
+def test_closed_form_ep_grads_equal_autograd_of_phi(case):
+    model, x, y, s_a = setup(case)
+    s_b = random_state(model, n=x.shape[0], seed=7)
+    for a, b, denom in [((s_a, 0.7), (s_b, -0.7), 1.4), ((s_a, 0.3), (s_b, 0.0), 0.3)]:
+        got = model.ep_grads(x, y, a, b, denom)
+        want = model.ep_grads_autograd(x, y, a, b, denom)
+        assert list(got) == list(want)
+        for p in want:
+            assert got[p].shape == p.shape
+            assert torch.allclose(got[p], want[p], rtol=0, atol=ATOL), (got[p] - want[p]).abs().max()
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[9], CASES[12]],
+                         ids=["mlp", "mlp_readout", "cnn_readout", "vf_cnn"])
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_symmetric_estimate_batched_equals_separate(case, update):
+    model, x, y, _ = setup(case)
+    gen = torch.Generator().manual_seed(0)
+    est = Symmetric(0.5)
+    runs = [est(model, x, y, Dynamics(12, 5, update, batch_nudged=flag), gen) for flag in (True, False)]
+    for p in model.parameters():
+        assert torch.allclose(runs[0].grads[p], runs[1].grads[p], rtol=0, atol=ATOL)
+    assert runs[0].steps == runs[1].steps == {"free": 12, "nudged": 5, "nudged_neg": 5}
+
+
+def test_estimators_on_fast_path_equal_stepwise_definition():
+    """Symmetric EP end to end (fast relax, batched nudges, closed-form update) against the
+    definitional pieces (model.step relaxations, autograd of Phi)."""
+    model, x, y, _ = setup(CASES[9])
+    b, dyn = 0.4, Dynamics(15, 6)
+    got = Symmetric(b)(model, x, y, dyn, torch.Generator())
+    drive0 = model.input_drive(x).detach()
+    with torch.no_grad():
+        free = relax_stepwise(model, x, model.init_state(x.shape[0]), 15, drive0=drive0).state
+        plus = relax_stepwise(model, x, free, 6, b, y, drive0=drive0).state
+        minus = relax_stepwise(model, x, free, 6, -b, y, drive0=drive0).state
+    want = model.ep_grads_autograd(x, y, (plus, b), (minus, -b), 2 * b)
+    assert close(got.free, free)
+    for p in model.parameters():
+        assert torch.allclose(got.grads[p], want[p], rtol=0, atol=ATOL)
+    one = OneSided(b)(model, x, y, dyn, torch.Generator())
+    want = model.ep_grads_autograd(x, y, (plus, b), (free, 0.0), b)
+    for p in model.parameters():
+        assert torch.allclose(one.grads[p], want[p], rtol=0, atol=ATOL)
+
+
+def test_bad_options_are_refused_clearly():
+    model, x, y, state = setup(CASES[0])
+    with pytest.raises(ValueError, match="dynamics.update"):
+        relax(model, x, state, 3, update="gauss-seidel")
+    with pytest.raises(ValueError, match="dynamics.tol"):
+        relax(model, x, state, 3, tol=-1.0)
+    with pytest.raises(ValueError, match="per-example beta"):
+        relax(model, x, state, 3, torch.ones(x.shape[0]), y, fast=False)

@@ -1,0 +1,74 @@
+"""The real launch.py: the default job's accuracy, the run's files, resume, evaluate, gducheck."""
+import json
+import time
+
+import pytest
+import torch
+
+from tests.launch_utils import TINY, launch_cli, read_metrics, run_inprocess
+
+
+@pytest.mark.slow
+def test_default_run_reaches_90_percent_in_under_3_minutes(tmp_path):
+    t0 = time.time()
+    p = launch_cli(["device=cpu"], run_dir=tmp_path, timeout=900, check=True)
+    wall = time.time() - t0
+    m = read_metrics(tmp_path)
+    assert m[-1]["epoch"] == len(m) >= 1
+    best = max(r["test_acc"] for r in m)
+    assert best >= 0.90, (best, p.stdout[-2000:])
+    assert wall < 180, wall
+
+
+def test_run_writes_its_files(tmp_path):
+    run_inprocess(TINY + ["epochs=2"], tmp_path)
+    m = read_metrics(tmp_path)
+    assert [r["epoch"] for r in m] == [1, 2]
+    for r in m:
+        assert {"epoch", "train_acc", "test_acc", "train_loss", "seconds"} <= set(r)
+        assert r["seconds"] > 0
+    for f in ["model.pt", "checkpoint.pt", "final_model.pt", "accuracy.png", "activity.png"]:
+        assert (tmp_path / f).stat().st_size > 0, f
+    best = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert best["test_acc"] == max(r["test_acc"] for r in m)
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    over = TINY + ["model=cnn", "estimator=random_sign"]  # random sign: the estimator's RNG must resume too
+    run_inprocess(over + ["epochs=3"], full)
+    run_inprocess(over + ["epochs=1"], part)
+    run_inprocess(over + ["epochs=3", f"resume={part}"], part)
+    a, b = read_metrics(full), read_metrics(part)
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for k in ("train_acc", "test_acc", "train_loss", "test_loss"):
+            assert ra[k] == rb[k], (k, ra, rb)
+    wa = torch.load(full / "final_model.pt", weights_only=True)["model"]
+    wb = torch.load(part / "final_model.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_evaluate_appends_accuracies_to_the_run(tmp_path):
+    launch_cli(TINY + ["epochs=2"], run_dir=tmp_path, check=True)
+    p = launch_cli(["mode=evaluate", f"load_path={tmp_path}", "device=cpu", "task.limit_train=64",
+                    "task.limit_test=50", "dynamics.T1=6"], check=True)
+    lines = [json.loads(s) for s in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert len(lines) == 1
+    best = max(r["test_acc"] for r in read_metrics(tmp_path))
+    assert lines[0]["test_acc"] == pytest.approx(best)
+    assert "test acc" in p.stdout
+    # the training config of the run is untouched by the evaluation
+    assert "mode: train" in (tmp_path / ".hydra" / "config.yaml").read_text()
+    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate" / "config.yaml").read_text()
+
+
+def test_gducheck_writes_json_and_figure(tmp_path):
+    run_inprocess(["mode=gducheck", "task.limit_train=64", "task.batch_size=8", "dynamics.T1=20",
+                   "dynamics.T2=5", "estimator.beta=0.05", "device=cpu", "dtype=float64"], tmp_path)
+    g = json.loads((tmp_path / "gdu.json").read_text())
+    keys = set(g["metrics"])
+    assert {"synapses.0.weight", "synapses.1.bias", "neurons_0", "neurons_1"} <= keys
+    for m in g["metrics"].values():
+        assert 0.0 <= m["rmse"] <= 1.0 and 0.0 <= m["sign_error"] <= 1.0
+    assert (tmp_path / "gdu.png").stat().st_size > 0
