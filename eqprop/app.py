@@ -13,8 +13,10 @@ import torch
 
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, ModelConfig, RunConfig, from_dict, validate
-from eqprop.engine import Diverged, Interrupted, Run, check_same_architecture, evaluate, resolve_device, train
+from eqprop.engine import (CHECKPOINT_KEYS, MODEL_KEYS, Diverged, Interrupted, Run, check_same_architecture,
+                           evaluate, resolve_device, train)
 from eqprop.loggers import build_logger
+from eqprop.tasks import check_available
 
 
 def _adopt_architecture(cfg: RunConfig, stored: dict) -> None:
@@ -33,7 +35,7 @@ def _load_weights(cfg: RunConfig):
     if not f.exists():
         raise ConfigError(f"load_path={cfg.load_path} has no model.pt checkpoint: train there first "
                           "(mode=train writes model.pt after its first epoch)")
-    state = ckpt.load(f)
+    state = ckpt.load(f, required=MODEL_KEYS)
     _adopt_architecture(cfg, state["architecture"])
     return state
 
@@ -47,14 +49,16 @@ def prepare(cfg_dict: dict, run_dir: Path):
         if not r.is_dir():
             raise ConfigError(f"resume={cfg.resume}: no such run dir")
         if not (r / "checkpoint.pt").exists():
-            raise ConfigError(f"resume={cfg.resume}: no checkpoint.pt there, nothing to resume "
-                              "(a run writes it after its first epoch, or when stopped by a signal)")
-        state = ckpt.load(r / "checkpoint.pt")
+            raise ConfigError(f"resume={cfg.resume}: no checkpoint.pt there, so no run to resume; check the path "
+                              "(a run writes its checkpoint after its first epoch, or when stopped by a signal)")
+        state = ckpt.load(r / "checkpoint.pt", required=CHECKPOINT_KEYS)
         check_same_architecture(state["architecture"], cfg, r)
     elif cfg.mode == "train" and (run_dir / "checkpoint.pt").exists():
         # a requeued job lands in its own output dir again: it resumes from there
-        check_same_architecture(ckpt.load(run_dir / "checkpoint.pt")["architecture"], cfg, run_dir)
+        state = ckpt.load(run_dir / "checkpoint.pt", required=CHECKPOINT_KEYS)
+        check_same_architecture(state["architecture"], cfg, run_dir)
     weights = _load_weights(cfg) if cfg.load_path is not None else None
+    check_available(cfg.task)
     return cfg, device, weights
 
 
@@ -107,6 +111,10 @@ def _gducheck(cfg, device, weights, run_dir, logger):
     x, y = x[:n], y[:n]
     est = cfg.estimator.name if cfg.estimator.name != "bptt" else "one_sided"
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.gdu.betas:  # the study over beta and all three EP estimates replaces the single check
+        from eqprop.gdu_study import run_from_config
+
+        return run_from_config(cfg, run.model, x, y, Path(cfg.load_path) if cfg.load_path else run_dir, gen, logger)
     bptt, ep, metrics = gdu_check(run.model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.estimator.beta, est, gen)
     out_dir = Path(cfg.load_path) if cfg.load_path else run_dir
     result = {"estimator": est, "beta": cfg.estimator.beta, "T1": cfg.dynamics.T1, "T2": cfg.dynamics.T2,
@@ -121,19 +129,37 @@ def _gducheck(cfg, device, weights, run_dir, logger):
     return result
 
 
+# The signal that stopped a job of this process's multirun (basic launcher: jobs run one after another
+# in this process). A Ctrl-C or SIGTERM means "stop the sweep", not "skip to the next job".
+_stopped_by = None
+
+
 def main(cfg_dict: dict, run_dir: Path, multirun: bool = False):
     """Entry point from launch.py. In a multirun, errors propagate so that Hydra marks the job failed
     and goes on with the others; in a single run they become a message and an exit code."""
+    global _stopped_by
+    where = f"{run_dir}: " if multirun else ""
     try:
+        if multirun and _stopped_by is not None:
+            raise Interrupted(_stopped_by, "before this job started (an earlier job of the sweep was stopped by it)")
         cfg, device, weights = prepare(cfg_dict, run_dir)
         return run_mode(cfg, device, weights, run_dir, cfg_dict)
     except (ConfigError, ckpt.CheckpointError) as err:
+        print(f"[eqprop] {where}error: {err}", file=sys.stderr, flush=True)
         if multirun:
             raise
-        print(f"[eqprop] error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except (Diverged, Interrupted) as err:
+        print(f"[eqprop] {where}{err}", file=sys.stderr, flush=True)
+        if multirun:
+            if isinstance(err, Interrupted):
+                _stopped_by = err.signum
+            raise
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (start-up, evaluation): no training progress to save
+        print(f"[eqprop] {where}stopped by SIGINT (Ctrl-C) outside training; nothing to save", file=sys.stderr,
+              flush=True)
         if multirun:
             raise
-        print(f"[eqprop] {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+        sys.exit(128 + 2)

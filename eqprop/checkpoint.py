@@ -24,19 +24,55 @@ def save_atomic(obj, path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
-def load(path, map_location="cpu") -> dict:
+def _fsync_dir(d: Path) -> None:
+    """Make the rename itself durable: without it a power cut can bring back the old directory
+    entry (or none) even though the new file's data is on disk."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(run_dir) -> list:
+    """Temp files that a killed save_atomic left behind (only a kill -9 or a crash skips the
+    clean-up): never the real checkpoint, which the rename replaces in one step."""
+    gone = []
+    for name in ("checkpoint.pt", "model.pt", "final_model.pt"):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp.name)
+    return gone
+
+
+def load(path, map_location="cpu", required=()) -> dict:
+    """torch.load with weights_only=True (tensors and plain data only: loading a checkpoint never
+    runs code from it). CheckpointError, naming the file, for anything that is not a whole
+    eqprop checkpoint holding the `required` keys."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {path} is corrupted or truncated and cannot be loaded "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
+            "Start a new run, or copy an intact checkpoint there."
         ) from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not an eqprop checkpoint of this kind (no {', '.join(missing)}): "
+                              "give the run dir of an eqprop training run")
+    return state
 
 
 def append_line(path, line: str) -> None:

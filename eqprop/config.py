@@ -3,8 +3,9 @@
 Every check names the key, the bad value and what is expected, so a typo costs seconds.
 """
 import difflib
+import math
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union, get_args, get_origin, get_type_hints
 
 from eqprop.activations import ACTIVATIONS
 from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS
@@ -123,9 +124,47 @@ FREE_FORM = {"logger", "sweep", "experiment"}
 
 
 def _unknown(where: str, key: str, known) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {where}{close[0]}?" if close else f"; known keys: {sorted(known)}"
-    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"; did you mean {where}{close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown config key {where}{key}{hint}")
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _describe(tp) -> str:
+    if get_origin(tp) is Union:
+        return " or ".join([_describe(a) for a in get_args(tp) if a is not type(None)] + ["null"])
+    if get_origin(tp) in (list, List):
+        return f"a list of {_describe(get_args(tp)[0]).split(' ', 1)[1]}s" if get_args(tp)[0] in (int, float) \
+            else "a list"
+    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _typed(value, tp):
+    """value converted to the annotated type; TypeError when it does not fit. The YAML and the
+    command line give untyped values, so `task.batch_size=abc` must be caught here rather than
+    turn into a TypeError deep inside the run."""
+    if tp is Any:
+        return value
+    if get_origin(tp) is Union:
+        if value is None and type(None) in get_args(tp):
+            return None
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _typed(value, inner)
+    if get_origin(tp) in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_typed(v, get_args(tp)[0]) for v in value]
+    if isinstance(value, bool) and tp is not bool:  # YAML true/false are not 1/0 here
+        raise TypeError
+    if tp is float and isinstance(value, (int, float)):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)):  # device=0, a run dir named 2026
+        return str(value)
+    if not isinstance(value, tp):
+        raise TypeError
+    return value
 
 
 def _build(cls, data: dict, where: str):
@@ -133,7 +172,19 @@ def _build(cls, data: dict, where: str):
     for k in data:
         if k not in names:
             raise _unknown(where, k, names)
-    return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in data.items()})
+    return cls(**_typed_fields(cls, data, where))
+
+
+def _typed_fields(cls, data: dict, where: str) -> dict:
+    hints = get_type_hints(cls)
+    out = {}
+    for k, v in data.items():
+        try:
+            out[k] = _typed(v, hints[k])
+        except TypeError:
+            shown = "null" if v is None else str(v).lower() if isinstance(v, bool) else repr(v)
+            raise ConfigError(f"{where}{k}={shown} must be {_describe(hints[k])}") from None
+    return out
 
 
 def from_dict(d: dict) -> RunConfig:
@@ -148,9 +199,16 @@ def from_dict(d: dict) -> RunConfig:
                 raise ConfigError(f"{k} must be a config group (e.g. {k}=<option>), got {v!r}")
             kwargs[k] = _build(SECTIONS[k], v, f"{k}.")
         elif k == "experiment":
+            # a preset without `# @package _global_` lands here, and would silently change nothing
+            stray = sorted(set(v) & top) if isinstance(v, dict) else []
+            if stray:
+                raise ConfigError(f"the experiment preset sets experiment.{stray[0]} instead of {stray[0]}: start "
+                                  "the preset file with the line `# @package _global_`")
             continue
         else:
             kwargs[k] = v
+    plain = {k: v for k, v in kwargs.items() if k not in SECTIONS}
+    kwargs.update(_typed_fields(RunConfig, plain, ""))
     cfg = RunConfig(**kwargs)
     validate(cfg)
     return cfg
@@ -159,6 +217,14 @@ def from_dict(d: dict) -> RunConfig:
 def _expect(ok: bool, msg: str):
     if not ok:
         raise ConfigError(msg)
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 def _is_int_list(v) -> bool:
@@ -188,7 +254,7 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     _expect(dy.tol >= 0, f"dynamics.tol={dy.tol!r} must be >= 0 (0 disables the convergence stop)")
     _expect(e.name in ESTIMATORS, f"estimator.name={e.name!r} is not known; expected one of {sorted(ESTIMATORS)}")
     if e.name in EP_ESTIMATORS:
-        _expect(isinstance(e.beta, (int, float)) and e.beta > 0,
+        _expect(_positive(e.beta),
                 f"estimator.beta={e.beta!r} must be > 0 for estimator={e.name} (the nudging strength; "
                 "the sign is set by the estimator)")
     if e.name == "bptt":
@@ -200,6 +266,19 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
             "use loss=cel or set loss.softmax_readout=false")
     _expect(t.batch_size > 0, f"task.batch_size={t.batch_size!r} must be > 0")
     _expect(t.test_batch_size > 0, f"task.test_batch_size={t.test_batch_size!r} must be > 0")
+    from eqprop.tasks import SHAPES  # here: eqprop.tasks imports this module
+
+    _expect(t.name in SHAPES, f"task.name={t.name!r} is not known; expected one of {sorted(SHAPES)}")
+    ch, size, classes = SHAPES[t.name]
+    for key, want in (("in_channels", ch), ("in_size", size), ("input_dim", ch * size * size),
+                      ("num_classes", classes)):
+        _expect(getattr(t, key) == want,
+                f"task.{key}={getattr(t, key)!r} does not fit task={t.name} ({classes} classes of {ch}x{size}x{size} "
+                f"images: task.{key} must be {want}); leave it as the task={t.name} preset sets it")
+    for key in ("limit_train", "limit_test"):
+        v = getattr(t, key)
+        _expect(v is None or v > 0, f"task.{key}={v!r} must be a positive number of examples, or null for all")
+    _expect(t.num_workers >= 0, f"task.num_workers={t.num_workers!r} must be >= 0 (0: load in the main process)")
     _expect(o.name in ("sgd", "adam"), f"optimizer.name={o.name!r} must be sgd or adam")
     _expect(m.activation in ACTIVATIONS,
             f"model.activation={m.activation!r} is not known; expected one of {sorted(ACTIVATIONS)}")
@@ -244,15 +323,28 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         v = getattr(o, key)
         if v is not None:
             _expect(isinstance(v, list) and len(v) == n_syn,
-                    f"optimizer.{key} has {len(v) if isinstance(v, list) else v!r} values but model={m.name} "
+                    f"optimizer.{key}={v} has {len(v) if isinstance(v, list) else v!r} value(s) but model={m.name} "
                     f"has {n_syn} layers of weights; give one value per layer")
-    _expect(o.lr > 0 and all(v > 0 for v in (o.lrs or [])), "learning rates must be > 0")
+    _expect(_positive(o.lr), f"optimizer.lr={o.lr!r} must be a finite number > 0")
+    _expect(all(_positive(v) for v in (o.lrs or [])), f"optimizer.lrs={o.lrs} must all be finite numbers > 0")
+    _expect(_non_negative(o.weight_decay), f"optimizer.weight_decay={o.weight_decay!r} must be a finite number >= 0")
+    _expect(all(_non_negative(v) for v in (o.wds or [])), f"optimizer.wds={o.wds} must all be finite numbers >= 0")
+    _expect(_non_negative(o.momentum) and o.momentum < 1, f"optimizer.momentum={o.momentum!r} must lie in [0, 1)")
+    if o.lr_decay:
+        _expect(o.T_max > 0, f"optimizer.T_max={o.T_max!r} must be > 0 (epochs of the cosine decay)")
+        _expect(_non_negative(o.eta_min), f"optimizer.eta_min={o.eta_min!r} must be a finite number >= 0")
+    _expect(m.scale is None or _positive(m.scale), f"model.scale={m.scale!r} must be a finite number > 0, or null")
     if m.dropouts is not None:
         _expect(isinstance(m.dropouts, list) and len(m.dropouts) == n_syn,
-                f"model.dropouts has {len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} values "
+                f"model.dropouts={m.dropouts} has {len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} value(s) "
                 f"but model={m.name} has {n_syn} layers; give one keep probability per layer")
         _expect(all(isinstance(p, (int, float)) and 0 < p <= 1 for p in m.dropouts),
                 f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")
     if cfg.mode == "evaluate":
         _expect(cfg.load_path is not None, "mode=evaluate needs load_path=<run dir> (a training run's output dir)")
     _expect(cfg.gdu.n_examples > 0 and cfg.gdu.every >= 0, "gdu.n_examples must be > 0 and gdu.every >= 0")
+    b = cfg.gdu.betas
+    if b is not None:
+        _expect(isinstance(b, list) and len(b) >= 1
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in b),
+                f"gdu.betas={b!r} must list betas > 0 for the GDU study (e.g. [0.4,0.2,0.1,0.05]), or be null")

@@ -192,3 +192,16 @@ class GraphedRelax:
         self._steps(T - done)
         # the buffers belong to the next batch: hand out copies
         return Relaxation([s.clone() for s in st.state], T, residual)
+
+
+def set_tf32(enabled: bool):
+    """TF32 tensor cores for float32 convolutions and matmuls on CUDA (Ampere and later): faster,
+    with ~10-bit mantissas in the products. Off ("ieee") matches CPU float32 to rounding.
+    Note: this torch's default for cuDNN convolutions is TF32 *on*; call set_tf32(False) for IEEE."""
+    mode = "tf32" if enabled else "ieee"
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9: mixing in the legacy flags raises
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled

@@ -28,6 +28,11 @@ from eqprop.plots import plot_accuracy, plot_activity
 from eqprop.tasks import build_task
 
 
+# What a checkpoint must hold to be resumed from / evaluated (checkpoint.load refuses anything else).
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "batch", "history", "best_test_acc", "architecture")
+MODEL_KEYS = ("model", "architecture", "epoch")
+
+
 class Diverged(RuntimeError):
     exit_code = 3
 
@@ -35,6 +40,7 @@ class Diverged(RuntimeError):
 class Interrupted(RuntimeError):
     def __init__(self, signum: int, where: str):
         super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
@@ -116,12 +122,15 @@ def evaluate(model, batches: Batches, dyn: Dynamics):
 
 
 class SignalFlag:
-    """SIGTERM / SIGINT / SIGUSR1 ask for a checkpoint at the next batch boundary."""
+    """SIGTERM / SIGINT / SIGUSR1 ask for a checkpoint at the next batch boundary. A second SIGINT
+    (Ctrl-C twice) stops at once, keeping the last checkpoint; repeated SIGTERMs do not, because
+    SLURM may deliver one per process of the job step and the checkpoint must still be written."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, run_dir=None):
         self.signum = None
+        self.run_dir = run_dir
         self._old = {}
 
     def __enter__(self):
@@ -133,24 +142,61 @@ class SignalFlag:
         return self
 
     def _handle(self, signum, frame):
-        self.signum = signum
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise Interrupted(signum, f"at once (Ctrl-C twice): work since the last checkpoint in {self.run_dir} "
+                              "is lost; rerun with resume=<run dir> to continue from it")
+        if self.signum is None:
+            self.signum = signum
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
 
 
-def _finite(est, model) -> bool:
-    checks = [torch.isfinite(g).all() for g in est.grads.values()] + [torch.isfinite(s).all() for s in est.free]
-    return bool(torch.stack(checks).all())
+def _non_finite(est, model, loss) -> list:
+    """What holds a NaN or an Inf after this batch's update; one device sync for all the checks."""
+    groups = {"the free-phase states": list(est.free), "the gradient estimates": list(est.grads.values()),
+              "the weights after the update": list(model.parameters()), "the training loss": [loss]}
+    # a tensor's largest |value| is NaN or Inf exactly when it holds one: one fused kernel on a GPU
+    peaks = torch._foreach_norm([t for ts in groups.values() for t in ts], float("inf"))
+    ok = torch.isfinite(torch.stack(peaks)).tolist()
+    bad, i = [], 0
+    for name, ts in groups.items():
+        if not all(ok[i:i + len(ts)]):
+            bad.append(name)
+        i += len(ts)
+    return bad
+
+
+def _reconcile_metrics(path: Path, history: list) -> None:
+    """The epoch's line is appended after its checkpoint is saved, so a kill in between leaves
+    metrics.jsonl one epoch behind the checkpoint: append what the file lacks, never rewrite it."""
+    have = set()
+    if path.exists():
+        raw = path.read_bytes()
+        if raw and not raw.endswith(b"\n"):  # a line cut by a crash: close it so the next one is whole
+            with open(path, "a") as f:
+                f.write("\n")
+        for line in raw.decode(errors="replace").splitlines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(m, dict) and m.get("status", "ok") == "ok":
+                have.add(m.get("epoch"))
+    for m in history:
+        if m["epoch"] not in have:
+            ckpt.append_line(path, json.dumps(m))
 
 
 def train(run: Run, logger) -> dict:
     cfg, model, run_dir = run.cfg, run.model, run.run_dir
     paths = {k: run_dir / f"{k}" for k in ("metrics.jsonl", "checkpoint.pt", "model.pt", "final_model.pt")}
     history, best, start_epoch, start_batch, partial = [], -1.0, 0, 0, None
+    ckpt.remove_stale_temps(run_dir)
     if paths["checkpoint.pt"].exists():
-        state = ckpt.load(paths["checkpoint.pt"], map_location=run.device)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+        state = ckpt.load(paths["checkpoint.pt"], required=CHECKPOINT_KEYS)
         check_same_architecture(state["architecture"], cfg, run_dir)
         model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -158,6 +204,7 @@ def train(run: Run, logger) -> dict:
             run.scheduler.load_state_dict(state["scheduler"])
         history, best = state["history"], state["best_test_acc"]
         start_epoch, start_batch, partial = state["epoch"], state["batch"], state.get("partial")
+        _reconcile_metrics(paths["metrics.jsonl"], history)
         print(f"[eqprop] resuming {run_dir} at epoch {start_epoch + 1}"
               + (f", batch {start_batch + 1}" if start_batch else ""), flush=True)
 
@@ -167,7 +214,7 @@ def train(run: Run, logger) -> dict:
             "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
             "epoch": epoch, "batch": batch, "partial": partial_state, "history": history,
             "best_test_acc": best, "architecture": architecture(cfg), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": _cuda_rng(),
         }, paths["checkpoint.pt"])
 
     def save_model(path, epoch, test_acc):
@@ -175,11 +222,11 @@ def train(run: Run, logger) -> dict:
                           "test_acc": test_acc}, path)
 
     n_train = len(run.train.dataset)
-    with SignalFlag() as flag:
+    with SignalFlag(run_dir) as flag:
         for epoch in range(start_epoch, cfg.epochs):
             order = torch.randperm(n_train, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
             gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 1))
-            torch.manual_seed(epoch_seed(cfg.seed, epoch, 2))  # augmentation, dropout
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, 2))  # dropout, whatever draws from torch's global RNG
             acc = {"correct": 0, "total": 0, "loss": 0.0, "steps_free": 0, "steps_nudged": 0, "batches": 0,
                    "seconds": 0.0}
             b0 = 0
@@ -187,24 +234,31 @@ def train(run: Run, logger) -> dict:
                 acc, b0 = partial["acc"], start_batch
                 gen.set_state(partial["gen"])
                 torch.set_rng_state(partial["torch_rng"])
+                cuda_rng = partial.get("cuda_rng") or []
+                if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+                    torch.cuda.set_rng_state_all(cuda_rng)
             partial = None
             model.train()
             t0 = time.perf_counter()
-            bar = tqdm(run.train.iterate(order, b0), total=len(run.train), initial=b0,
+            batches = run.train.iterate(order, b0, epoch_seed(cfg.seed, epoch, 3))
+            bar = tqdm(batches, total=len(run.train), initial=b0,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0, dynamic_ncols=True)
             last_state = None
             for b, x, y in bar:
                 est = run.estimator(model, x, y, run.dyn, gen)
-                if not _finite(est, model):
-                    _diverged(run, logger, history, epoch, b, paths["metrics.jsonl"])
                 for p in model.parameters():
                     p.grad = est.grads[p]
                 run.optimizer.step()
                 with torch.no_grad():
                     out = model.output(est.free)
-                    acc["correct"] += (out.argmax(1) == y).sum().item()
-                    acc["total"] += y.numel()
-                    acc["loss"] += model.loss.cost(out, y).sum().item()
+                    loss = model.loss.cost(out, y).sum()
+                    correct = (out.argmax(1) == y).sum()
+                    bad = _non_finite(est, model, loss)
+                if bad:
+                    _diverged(run, epoch, b + 1, paths["metrics.jsonl"], bad)
+                acc["correct"] += correct.item()
+                acc["total"] += y.numel()
+                acc["loss"] += loss.item()
                 acc["steps_free"] += est.steps.get("free", 0)
                 acc["steps_nudged"] += est.steps.get("nudged", 0)
                 acc["batches"] += 1
@@ -215,7 +269,7 @@ def train(run: Run, logger) -> dict:
                 if flag.signum is not None:
                     acc["seconds"] += time.perf_counter() - t0
                     save_checkpoint(epoch, b + 1, {"acc": acc, "gen": gen.get_state(),
-                                                   "torch_rng": torch.get_rng_state()})
+                                                   "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng()})
                     bar.close()
                     raise Interrupted(flag.signum, f"at epoch {epoch + 1}, batch {b + 1}; checkpoint saved in "
                                       f"{run_dir}. Rerun the same command with resume={run_dir} to continue.")
@@ -224,6 +278,8 @@ def train(run: Run, logger) -> dict:
                 run.scheduler.step()
             train_seconds = acc["seconds"] + time.perf_counter() - t0
             test_acc, test_loss = evaluate(model, run.test, run.dyn)
+            if not math.isfinite(test_loss):
+                _diverged(run, epoch, len(run.train), paths["metrics.jsonl"], ["the test loss"])
             nb = max(acc["batches"], 1)
             metrics = {
                 "epoch": epoch + 1, "train_acc": acc["correct"] / max(acc["total"], 1),
@@ -234,17 +290,22 @@ def train(run: Run, logger) -> dict:
             if model.asymmetric:
                 metrics["angles"] = model.angles()
             history.append(metrics)
-            ckpt.append_line(paths["metrics.jsonl"], json.dumps(metrics))
+            # model.pt, then the checkpoint, then the metrics line: wherever a kill lands, a resume
+            # redoes the epoch (the same numbers) or finds it in the checkpoint's history
             if test_acc > best:
                 best = test_acc
                 save_model(paths["model.pt"], epoch + 1, test_acc)
             save_checkpoint(epoch + 1, 0, None)
+            ckpt.append_line(paths["metrics.jsonl"], json.dumps(metrics))
             plot_accuracy(history, run_dir / "accuracy.png")
             if last_state is not None:
                 plot_activity(last_state, run_dir / "activity.png")
             logger.log_epoch(metrics, state=last_state, model=model)
             print(f"[eqprop] epoch {epoch + 1}/{cfg.epochs}  train acc {metrics['train_acc']:.4f}  "
                   f"test acc {test_acc:.4f}  loss {metrics['train_loss']:.4f}  {train_seconds:.1f}s", flush=True)
+            if flag.signum is not None and epoch + 1 < cfg.epochs:  # arrived during the evaluation
+                raise Interrupted(flag.signum, f"at the end of epoch {epoch + 1}; checkpoint saved in {run_dir}. "
+                                  f"Rerun the same command with resume={run_dir} to continue.")
     if history:
         save_model(paths["final_model.pt"], history[-1]["epoch"], history[-1]["test_acc"])
     summary = {"best_test_acc": best if history else None,
@@ -253,12 +314,17 @@ def train(run: Run, logger) -> dict:
     return summary
 
 
-def _diverged(run, logger, history, epoch, batch, metrics_path):
-    line = {"epoch": epoch + 1, "batch": batch + 1, "status": "diverged"}
+def _cuda_rng():
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+
+
+def _diverged(run, epoch, batch, metrics_path, what):
+    """Stop without saving anything from this batch on: the last checkpoint stays the last good state."""
+    line = {"epoch": epoch + 1, "batch": batch, "status": "diverged", "non_finite": what}
     ckpt.append_line(metrics_path, json.dumps(line))
-    raise Diverged(f"training diverged at epoch {epoch + 1}, batch {batch + 1}: NaN or Inf in the states or "
-                   "gradients. Lower the learning rates (optimizer.lr / optimizer.lrs) or beta; the last good "
-                   f"checkpoint in {run.run_dir} is kept.")
+    raise Diverged(f"training diverged at epoch {epoch + 1}, batch {batch}: NaN or Inf in {' and '.join(what)}. "
+                   "Lower the learning rates (optimizer.lr / optimizer.lrs) or beta; the last good checkpoint in "
+                   f"{run.run_dir} is kept.")
 
 
 def _periodic_gdu(run, logger, x, y, epoch, batch, gen):

@@ -21,19 +21,27 @@ import torch.nn.functional as F
 
 from eqprop import activations as A
 
-_INPLACE = {
-    # (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1), up to one rounding of x - 1 + 1
-    A.my_hard_sig: lambda t: t.mul_(0.5).clamp_(0.0, 1.0),
-    A.hard_sigmoid: lambda t: t.clamp_(0.0, 1.0),
-    A.ctrd_hard_sig: lambda t: t.clamp_(-0.5, 0.5),
-    A.my_sigmoid: lambda t: t.sub_(0.5).mul_(4.0).sigmoid_(),
-    torch.tanh: torch.tanh_,
+# sigma(x) = post(scale * x): the scale folds into the GEMM that finishes a pre-activation (addmm's
+# alpha and beta), the rest runs in place. (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and
+# sigmoid(4 (x - 0.5)) == sigmoid(4 x - 2), up to the rounding of one subtraction.
+_SPLIT = {
+    A.my_hard_sig: (0.5, lambda t: t.clamp_(0.0, 1.0)),
+    A.hard_sigmoid: (1.0, lambda t: t.clamp_(0.0, 1.0)),
+    A.ctrd_hard_sig: (1.0, lambda t: t.clamp_(-0.5, 0.5)),
+    A.my_sigmoid: (4.0, lambda t: t.sub_(2.0).sigmoid_()),
+    torch.tanh: (1.0, torch.tanh_),
 }
 
 
+def split_activation(fn):
+    """(scale, post): fn(x) == post(scale * x), post in place (a copy for unknown activations)."""
+    return _SPLIT.get(fn, (1.0, lambda t: t.copy_(fn(t))))
+
+
 def inplace_activation(fn):
-    """The in-place form of activation `fn` (a copy for activations without one)."""
-    return _INPLACE.get(fn, lambda t: t.copy_(fn(t)))
+    """The in-place form of activation `fn`."""
+    scale, post = split_activation(fn)
+    return post if scale == 1.0 else (lambda t: post(t.mul_(scale)))
 
 
 class FastStepper:
@@ -42,6 +50,8 @@ class FastStepper:
     drive0: f_0(x); state: the starting state (copied, never written); beta: a float, or a tensor
     with one value per example; y: the targets when nudged. With `static=True` every input lives in
     a buffer owned by the stepper (refilled by `load`), which is what CUDA graph replay needs.
+    memory_format: of the 4-d state buffers; by default that of drive0 (channels-last when the
+    model and x are).
     """
 
     def __init__(self, model, drive0, state: Sequence[torch.Tensor], beta=0.0, y=None,
@@ -49,40 +59,50 @@ class FastStepper:
         self.model = model
         self.n = n = model.n_layers
         self.static = static
-        fmt = memory_format or torch.preserve_format
-        self.cur = [s.detach().clone(memory_format=_fmt(s, fmt)) for s in state]
+        if memory_format is None:
+            memory_format = torch.preserve_format
+            if drive0.dim() == 4 and not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
+                memory_format = torch.channels_last
+        self.cur = [s.detach().clone(memory_format=_fmt(s, memory_format)) for s in state]
         self.nxt = [torch.empty_like(s) for s in self.cur]
         self.batch = batch = self.cur[0].shape[0]
         dev, dt = self.cur[0].device, self.cur[0].dtype
-        self.act = inplace_activation(model.activation)
-        self.linear_last = model.loss.linear_output
+        scale, post = split_activation(model.activation)
+        self.scale, self.post = [scale] * n, [post] * n
+        if model.loss.linear_output:
+            self.scale[-1], self.post[-1] = 1.0, None
         syn = model.synapses
 
         # Forward contexts: synapse j (1 <= j < n) reads layer j - 1; its ctx is static except the
         # max-pool indices, which live in a buffer refilled whenever the drive is computed.
-        self.fwd_ctx = {}
+        self.fwd_idx, self.fwd_ctx = {}, {}
         for j in range(1, n):
             idx = torch.empty_like(self.cur[j], dtype=torch.long) if syn[j].needs_ctx else None
+            self.fwd_idx[j] = idx
             self.fwd_ctx[j] = syn[j].static_ctx(self.cur[j - 1].shape, idx)
         # Feedback into layer k < n - 1 goes through model.feedback_synapse(k), which reads layer k:
-        # synapse k + 1 itself (symmetric nets, ctx shared with the drive of layer k + 1) or a
+        # synapse k + 1 itself (symmetric nets: ctx shared with the drive of layer k + 1) or a
         # backward twin with its own indices and a scratch output (vector-field nets).
+        # Entries: (synapse, ctx, validity key or None when the ctx is static, scratch or None).
         self.fb = []
         for k in range(n - 1):
             s_fb, shared = model.feedback_synapse(k)
             if shared:
-                self.fb.append((s_fb, self.fwd_ctx[k + 1], ("f", k + 1), None))
+                self.fb.append((s_fb, self.fwd_ctx[k + 1], ("f", k + 1) if s_fb.needs_ctx else None, None))
             else:
                 idx = torch.empty_like(self.cur[k + 1], dtype=torch.long) if s_fb.needs_ctx else None
                 scratch = torch.empty_like(self.cur[k + 1]) if s_fb.needs_ctx else None
-                self.fb.append((s_fb, s_fb.static_ctx(self.cur[k].shape, idx), ("b", k), scratch))
+                self.fb.append((s_fb, s_fb.static_ctx(self.cur[k].shape, idx),
+                                ("b", k) if s_fb.needs_ctx else None, scratch))
+        self.track = any(entry[2] is not None for entry in self.fb)
         self.readout = syn[n] if model.loss.softmax_readout else None
         self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
         self.valid = set()  # keys of contexts computed from the current value of the layer they read
+        self.orders = {}
 
         self.nudged = torch.is_tensor(beta) or beta != 0.0
         if static:
-            self.drive0 = drive0.detach().clone(memory_format=_fmt(drive0, fmt))
+            self.drive0 = drive0.detach().clone(memory_format=_fmt(drive0, memory_format))
             self.neg_beta = torch.empty((batch,) + (1,) * (self.cur[-1].dim() - 1), device=dev, dtype=dt)
             self.target = None
         self.load(drive0, None, beta, y)
@@ -105,14 +125,18 @@ class FastStepper:
                    else self.cur[-1].shape[1])
         target = F.one_hot(y, out_dim).to(self.cur[-1].dtype)
         shape = (self.batch,) + (1,) * (self.cur[-1].dim() - 1)
+        # the nudge is added to the scaled pre-activation: fold the activation's scale into -beta
+        scale = self.scale[-1]
         if self.static:
             if self.target is None:
                 self.target = torch.empty_like(target)
             self.target.copy_(target)
-            self.neg_beta.copy_((-torch.as_tensor(beta, dtype=self.neg_beta.dtype)).expand(self.batch).view(shape))
+            b = torch.as_tensor(beta, dtype=self.neg_beta.dtype).to(self.neg_beta.device)
+            self.neg_beta.copy_((b * -scale).expand(self.batch).view(shape))
         else:
             self.target = target
-            self.neg_beta = (-beta.to(self.cur[-1].dtype).view(shape)) if torch.is_tensor(beta) else -float(beta)
+            self.neg_beta = ((beta.to(self.cur[-1].dtype) * -scale).view(shape) if torch.is_tensor(beta)
+                             else -float(beta) * scale)
 
     @property
     def state(self) -> list:
@@ -120,33 +144,46 @@ class FastStepper:
 
     # ----- the step -------------------------------------------------------------------------------
     def step(self, layers: Optional[Sequence[int]] = None):
-        """One synchronous update of `layers` (all by default), like `model.step(..., layers)`."""
+        """One synchronous update of `layers` (all by default), like `model.step(..., layers)`.
+
+        Layers go top-down, so the drive of layer k + 1 (computed from layer k) has left the pool
+        indices that route the feedback into layer k by the time layer k is updated."""
+        order = self.orders.get(layers if layers is None else tuple(layers))
+        if order is None:
+            order = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
+            self.orders[layers if layers is None else tuple(layers)] = order
         n, cur, nxt, syn, valid = self.n, self.cur, self.nxt, self.model.synapses, self.valid
-        todo = range(n) if layers is None else layers
-        for k in todo:
-            if k > 0:
-                syn[k].drive_into(cur[k - 1], nxt[k], self.fwd_ctx[k][1] if syn[k].needs_ctx else None)
-                valid.add(("f", k))
-        for k in todo:
-            base = self.drive0 if k == 0 else nxt[k]
+        for k in order:
+            out, scale = nxt[k], self.scale[k]
             if k + 1 < n:
+                if k > 0:
+                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k])
+                    valid.add(("f", k))
                 s_fb, ctx, key, scratch = self.fb[k]
-                if s_fb.needs_ctx and key not in valid:
+                if key is not None and key not in valid:
                     # Only the indices are wanted; the pooled output lands in scratch, or in the
                     # buffer of layer k + 1, which this call does not update (else it would be valid).
                     s_fb.drive_into(cur[k], nxt[k + 1] if scratch is None else scratch, ctx[1])
                     valid.add(key)
-                s_fb.feedback_into(cur[k + 1], ctx, base, nxt[k])
-            elif k == 0:
-                nxt[0].copy_(base)
-            if k == n - 1 and self.nudged:
-                self._nudge(nxt[k], cur[k])
-            if not (k == n - 1 and self.linear_last):
-                self.act(nxt[k])
-        for k in todo:
+                s_fb.feedback_into(cur[k + 1], ctx, self.drive0 if k == 0 else out, out, scale)
+            else:  # the top layer: no feedback, maybe a nudge
+                if k > 0:
+                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k], scale)
+                    valid.add(("f", k))
+                else:
+                    torch.mul(self.drive0, scale, out=out)
+                if self.nudged:
+                    self._nudge(out, cur[k])
+            if self.post[k] is not None:
+                self.post[k](out)
+        for k in order:
             cur[k], nxt[k] = nxt[k], cur[k]
-            valid.discard(("f", k + 1))
-            valid.discard(("b", k))
+        if self.track:
+            for k in order:
+                valid.discard(("f", k + 1))
+                valid.discard(("b", k))
+        else:
+            valid.clear()
 
     def prime(self, keys):
         """Recompute the pool indices named by `keys` from the current state and mark them valid
@@ -155,14 +192,14 @@ class FastStepper:
         for key in keys:
             kind, j = key
             if kind == "f":
-                syn[j].drive_into(self.cur[j - 1], self.nxt[j], self.fwd_ctx[j][1])
+                syn[j].drive_into(self.cur[j - 1], self.nxt[j], self.fwd_idx[j])
             else:
                 s_fb, ctx, _, scratch = self.fb[j]
                 s_fb.drive_into(self.cur[j], scratch, ctx[1])
             self.valid.add(key)
 
     def _nudge(self, out, last):
-        """out -= beta * dC/ds_{n-1}, computed from the current (pre-step) last layer."""
+        """out += scale * -beta * dC/ds_{n-1}, from the current (pre-step) last layer."""
         loss = self.model.loss
         z = self.readout.drive(last)[0] if self.readout is not None else last
         g = torch.sub(z, self.target) if loss.name == "mse" else torch.softmax(z, dim=1).sub_(self.target)

@@ -34,18 +34,28 @@ class Dense(nn.Linear):
     def static_ctx(self, in_shape, idx=None):
         return torch.Size(in_shape)
 
-    def drive_into(self, s, out, idx=None):
+    def drive_into(self, s, out, idx=None, scale=1.0):
+        """out = scale * f(s)."""
+        if s.dim() != 2:
+            s = s.flatten(1)
         if self.bias is None:
-            torch.mm(s.flatten(1), self.weight.t(), out=out)
+            torch.mm(s, self.weight.t(), out=out)
+            if scale != 1.0:
+                out.mul_(scale)
         else:
-            torch.addmm(self.bias, s.flatten(1), self.weight.t(), out=out)
+            torch.addmm(self.bias, s, self.weight.t(), beta=scale, alpha=scale, out=out)
 
-    def feedback_into(self, g, ctx, base, out):
-        if out.is_contiguous() and base.is_contiguous():
-            # one GEMM that accumulates onto base: no temporary
-            torch.addmm(base.view(base.shape[0], -1), g, self.weight, out=out.view(out.shape[0], -1))
+    def feedback_into(self, g, ctx, base, out, scale=1.0):
+        """out = scale * (base + feedback(g)): one GEMM accumulating onto base, no temporary."""
+        if out.dim() == 2:
+            torch.addmm(base, g, self.weight, beta=scale, alpha=scale, out=out)
+        elif out.is_contiguous() and base.is_contiguous():
+            torch.addmm(base.view(base.shape[0], -1), g, self.weight, beta=scale, alpha=scale,
+                        out=out.view(out.shape[0], -1))
         else:
             torch.add(base, (g @ self.weight).view(out.shape), out=out)
+            if scale != 1.0:
+                out.mul_(scale)
 
     def param_grads(self, s, g, ctx=None):
         dw = g.t() @ s.flatten(1)
@@ -94,11 +104,7 @@ class ConvPool(nn.Conv2d):
         return g
 
     def feedback(self, g, ctx):
-        in_shape, idx, h_shape = ctx
-        g = self._unpool(g, ctx)
-        k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        out_pad = [in_shape[d] - ((h_shape[d] - 1) * st - 2 * p + k) for d in (2, 3)]
-        return F.conv_transpose2d(g, self.weight, None, st, p, out_pad)
+        return self.feedback_from_unpooled(self._unpool(g, ctx), ctx)
 
     @property
     def needs_ctx(self) -> bool:
@@ -109,8 +115,46 @@ class ConvPool(nn.Conv2d):
         """The context `drive` would return, with the max-pool indices living in buffer `idx`."""
         return (torch.Size(in_shape), idx, self._conv_shape(in_shape))
 
-    def drive_into(self, s, out, idx=None):
-        h = F.conv2d(s, self.weight, self.bias, self.stride, self.padding)
+    # Kernels of the fast path, set by eqprop.models.fast.choose_kernels from measurements:
+    # forward "conv" (oneDNN/cuDNN) or "gemm" (unfold + one GEMM); transpose "convT"
+    # (conv_transpose2d), "data" (the conv's backward-data kernel) or "gemm" (one GEMM + fold).
+    fwd_impl = "conv"
+    bwd_impl = "convT"
+
+    def _conv_fast(self, s):
+        if self.fwd_impl == "conv":
+            return F.conv2d(s, self.weight, self.bias, self.stride, self.padding)
+        n, (ho, wo) = s.shape[0], self._conv_shape(s.shape)[2:]
+        cols = F.unfold(s, self.kernel_size, padding=self.padding, stride=self.stride)  # n, cin*k*k, L
+        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)                           # cin*k*k, n*L
+        w = self.weight.reshape(self.out_channels, -1)
+        h = torch.mm(w, cols) if self.bias is None else torch.addmm(self.bias.unsqueeze(1), w, cols)
+        return h.view(self.out_channels, n, ho, wo).transpose(0, 1)
+
+    def _transpose_fast(self, gu, ctx, like):
+        """feedback's transposed conv of the unpooled gu; `like` has the input's shape and layout."""
+        in_shape = ctx[0]
+        if self.bwd_impl == "data":
+            return torch.ops.aten.convolution_backward(
+                gu, like, self.weight, None, self.stride, self.padding, self.dilation, False, [0, 0], 1,
+                [True, False, False])[0]
+        if self.bwd_impl == "gemm":
+            n, c = gu.shape[:2]
+            g = gu.transpose(0, 1).reshape(c, -1)                                   # cout, n*L
+            cols = torch.mm(self.weight.reshape(c, -1).t(), g)                       # cin*k*k, n*L
+            cols = cols.view(cols.shape[0], n, -1).transpose(0, 1)
+            return F.fold(cols, in_shape[-2:], self.kernel_size, padding=self.padding, stride=self.stride)
+        return self.feedback_from_unpooled(gu, ctx)
+
+    def feedback_from_unpooled(self, gu, ctx):
+        in_shape, _, h_shape = ctx
+        k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_pad = [in_shape[d] - ((h_shape[d] - 1) * st - 2 * p + k) for d in (2, 3)]
+        return F.conv_transpose2d(gu, self.weight, None, st, p, out_pad)
+
+    def drive_into(self, s, out, idx=None, scale=1.0):
+        """out = scale * f(s), max-pool indices into idx."""
+        h = self._conv_fast(s)
         if self.pool == "m":
             torch.ops.aten.max_pool2d_with_indices.out(h, [2, 2], [2, 2], [0, 0], [1, 1], False,
                                                        out=out, indices=idx)
@@ -118,9 +162,15 @@ class ConvPool(nn.Conv2d):
             torch.ops.aten.avg_pool2d.out(h, [2, 2], [2, 2], out=out)
         else:
             out.copy_(h)
+        if scale != 1.0:
+            out.mul_(scale)
 
-    def feedback_into(self, g, ctx, base, out):
-        torch.add(base, self.feedback(g, ctx), out=out)
+    def feedback_into(self, g, ctx, base, out, scale=1.0):
+        """out = scale * (base + feedback(g))."""
+        fb = self._transpose_fast(self._unpool(g, ctx), ctx, out)
+        torch.add(base, fb, out=out)
+        if scale != 1.0:
+            out.mul_(scale)
 
     def param_grads(self, s, g, ctx):
         gu = self._unpool(g, ctx)

@@ -1,0 +1,110 @@
+"""Find the training runs under sweep or run dirs and read each one back from its own files.
+
+A run dir is any dir with .hydra/config.yaml (written by Hydra before the job starts, so a job that
+crashed early is still found). Its epochs come from metrics.jsonl; a run is complete when every
+configured epoch is there with status "ok", and otherwise carries a `problem` that says why not.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+# W&B's, Hydra's and submitit's own folders never hold runs; skipping them keeps the walk short
+SKIP_DIRS = {"wandb", ".hydra", ".hydra-evaluate", ".hydra-gducheck", ".submitit", "__pycache__"}
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict
+    history: List[dict] = field(default_factory=list)   # one "ok" line per epoch, in epoch order
+    problem: Optional[str] = None                        # None: all configured epochs done
+
+    def get(self, dotted: str, default=None):
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def find_run_dirs(roots) -> List[Path]:
+    found = []
+    for root in roots:
+        for dirpath, dirnames, _ in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            if (Path(dirpath) / ".hydra" / "config.yaml").is_file():
+                found.append(Path(dirpath))
+    return sorted(set(found))
+
+
+def _read_config(path: Path) -> dict:
+    conf = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # noqa: BLE001 - a resolver only launch.py knows: the plain values still group runs
+        return OmegaConf.to_container(conf, resolve=False)
+
+
+def _job_error(run_dir: Path) -> str:
+    """The sweep callback's job_result.json, where there is one, says how the job ended."""
+    f = run_dir / "job_result.json"
+    try:
+        r = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return ""
+    if r.get("status") in (None, "finished"):
+        return ""
+    return f" (job {r['status']}" + (f": {str(r['error']).splitlines()[0][:200]}" if r.get("error") else "") + ")"
+
+
+def read_metrics(path: Path):
+    """Epoch lines, and the last non-ok line unless a resumed run got past it. A torn last line
+    (a kill mid-write) is skipped."""
+    epochs, bad = {}, None
+    for line in path.read_text().splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("status", "ok") != "ok":
+            bad = m
+            continue
+        epochs[m["epoch"]] = m  # a requeue that redid an epoch: its last line counts
+    if bad is not None and epochs and max(epochs) >= bad.get("epoch", 0):
+        bad = None
+    return [epochs[e] for e in sorted(epochs)], bad
+
+
+def load_run(run_dir: Path) -> Optional[RunRecord]:
+    """None for dirs of other modes (evaluate / gducheck keep their config in .hydra-<mode>)."""
+    try:
+        config = _read_config(run_dir / ".hydra" / "config.yaml")
+    except Exception as err:  # noqa: BLE001
+        return RunRecord(run_dir, {}, problem=f"unreadable .hydra/config.yaml ({type(err).__name__}: {err})")
+    if config.get("mode", "train") != "train":
+        return None
+    rec = RunRecord(run_dir, config)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        rec.problem = "no metrics.jsonl: it stopped before its first epoch" + _job_error(run_dir)
+        return rec
+    rec.history, bad = read_metrics(metrics)
+    wanted = config.get("epochs")
+    if bad is not None:
+        where = f" at epoch {bad.get('epoch')}" + (f", batch {bad['batch']}" if "batch" in bad else "")
+        what = bad.get("non_finite")
+        rec.problem = f"{bad['status']}{where}" + (f" (NaN or Inf in {', '.join(what)})" if what else "")
+    elif not rec.history:
+        rec.problem = "no epochs in metrics.jsonl" + _job_error(run_dir)
+    elif isinstance(wanted, int) and len(rec.history) < wanted:
+        rec.problem = f"incomplete: {len(rec.history)} of {wanted} epochs" + _job_error(run_dir)
+    return rec
+
+
+def collect(roots) -> List[RunRecord]:
+    return [r for r in (load_run(d) for d in find_run_dirs(roots)) if r is not None]

@@ -1,0 +1,169 @@
+"""hydra-submitit-launcher, made safe for eqprop runs that SLURM stops, requeues or kills.
+
+conf/hydra/launcher/{slurm,local}.yaml point their _target_ here (Hydra takes launchers only from the
+hydra_plugins package). On top of the plugin:
+- jobs can import eqprop whatever directory the sweep was started from (the repo goes on the
+  PYTHONPATH that submitit passes on to the jobs);
+- the launcher waits for every job, even when one of them was killed without a result, so one
+  bad job neither stops nor hides the others (it becomes a failed job in Hydra's report and a
+  "killed" row in the sweep summary);
+- the scheduler refusing the request (sbatch failing) is one clear error, not a traceback.
+In a SLURM job (SlurmLauncher.__call__):
+- a job stopped by SIGTERM (scontrol requeue, pre-emption) has had the engine save a mid-epoch
+  checkpoint; it then exits *without* a result, because submitit's launcher takes any result file
+  as the job's final outcome and would stop waiting for the requeued run;
+- at submitit's time-limit warning (USR2, signal_delay_s before the kill) the engine first ends
+  its batch and saves, then submitit requeues the job (at most max_num_timeout times). The rerun
+  lands in the same output dir with the same overrides and resumes from that checkpoint.
+"""
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+ROOT = str(Path(__file__).resolve().parents[2])  # the repo: eqprop and these plugins
+
+
+class SubmissionError(CompactHydraException):
+    """The scheduler refused the sweep; nothing was submitted. (Compact: Hydra prints the message
+    alone, the stack trace would only show Hydra's internals.)"""
+
+
+def _put_repo_on_pythonpath() -> None:
+    # a job unpickles this module (and the sweep-summary callback) before any eqprop code runs
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if ROOT not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + parts)
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+class _Launch:
+    """Same submission as hydra-submitit-launcher 1.2.0's launch(), with robust result collection."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        assert self.config is not None and len(job_overrides) > 0
+        _put_repo_on_pythonpath()
+        params = self.params
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        init_params = {"folder": params["submitit_folder"]}
+        if "max_num_timeout" in params:
+            init_params[f"{self._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
+                                      for k, v in params.items() if k not in init_keys})
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        job_params: List[Any] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        try:
+            jobs = executor.map_array(self, *zip(*job_params))
+        except submitit.core.utils.FailedJobError as err:
+            raise SubmissionError(self._refused(err)) from None
+        return [self._collect(job, list(ov), idx, sweep_dir)
+                for job, (ov, _, idx, _, _) in zip(jobs, job_params)]
+
+    def _refused(self, err: BaseException) -> str:
+        asked = {k: self.params.get(k) for k in ("partition", "account", "qos", "nodes", "tasks_per_node",
+                                                 "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
+                 if self.params.get(k) is not None}
+        return (f"the {self._EXECUTOR} scheduler refused the sweep, no job was submitted: {_last_line(err)}\n"
+                f"Requested per job: {' '.join(f'{k}={v}' for k, v in asked.items())}. "
+                "Change them with hydra.launcher.<key>=... (e.g. hydra.launcher.gpus_per_node=0 on a cluster "
+                "without GPUs, a smaller timeout_min than the partition's limit) or the EQPROP_SLURM_* "
+                "variables; see docs/sweeps.md.")
+
+    def _collect(self, job, overrides: List[str], idx: int, sweep_dir: Path) -> JobReturn:
+        from submitit.core.utils import UncompletedJobError
+
+        from eqprop.sweep_summary import record_job
+
+        try:
+            return job.results()[0]
+        except Exception as err:  # no result: killed by the scheduler, or submitit itself failed
+            status = "killed" if isinstance(err, UncompletedJobError) else "failed"
+            job_dir = sweep_dir / str(idx)
+            subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+            if subdir == "${hydra.job.num}" and job_dir.is_dir():
+                record_job(job_dir, status, error=_last_line(err), job_id=str(job.job_id), overrides=overrides)
+            log.error(f"job #{idx} ({job.job_id}) ended without a result: {_last_line(err)}; "
+                      f"logs: {job.paths.stderr}")
+            return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=err)
+
+
+class LocalLauncher(_Launch, plugin.LocalLauncher):
+    pass
+
+
+class _TimeLimitWarning:
+    """Routes submitit's time-limit/pre-emption warning (USR2) through the engine's checkpoint."""
+
+    def __init__(self, grace_s: int):
+        self.grace_s = max(1, grace_s)
+        self.warned = False
+        self._submitit = None
+
+    def __enter__(self):
+        self._submitit = signal.getsignal(signal.SIGUSR2)
+        signal.signal(signal.SIGUSR2, self._on_warning)
+        return self
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGUSR2, self._submitit)
+
+    def _on_warning(self, signum, frame):
+        self.warned = True
+        engine = signal.getsignal(signal.SIGUSR1)
+        if not callable(engine):  # outside the training loop: the last checkpoint is all there is
+            self.requeue_now()
+        engine(signal.SIGUSR1, frame)  # the engine saves and stops at the next batch boundary
+        # the step in flight may outlast the warning (a long evaluation): requeue before the kill anyway
+        signal.signal(signal.SIGALRM, lambda *_: self.requeue_now())
+        signal.alarm(self.grace_s)
+
+    def requeue_now(self):
+        """submitit's own handler: pickles the job again, `scontrol requeue`s it and exits; raises
+        (the job then fails with the reason) once max_num_timeout time-outs are used up."""
+        signal.alarm(0)
+        if callable(self._submitit):
+            self._submitit(signal.SIGUSR2, None)
+
+
+class SlurmLauncher(_Launch, plugin.SlurmLauncher):
+    def __call__(self, *args, **kwargs) -> JobReturn:
+        with _TimeLimitWarning(int(self.params.get("signal_delay_s") or 120) // 2) as warning:
+            ret = super().__call__(*args, **kwargs)
+        err = ret._return_value if ret.status == JobStatus.FAILED else None
+        if type(err).__name__ == "Interrupted":  # the engine saved a checkpoint and stopped on a signal
+            if warning.warned:
+                print("[eqprop] time limit near: checkpoint saved, submitit requeues this job", file=sys.stderr,
+                      flush=True)
+                warning.requeue_now()
+            # SIGTERM: SLURM itself requeues (or cancels) the job; no result, so the launcher waits on
+            print("[eqprop] checkpoint saved; exiting without a result, SLURM requeues this job (or it was "
+                  "cancelled)", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+        return ret

@@ -1,0 +1,211 @@
+"""Runs that survive faults, on real launch.py processes: signals save a mid-epoch checkpoint and the
+resumed run is bit-identical to an uninterrupted one; kill -9 during a save loses nothing; NaN/Inf
+stops a run (exit 3) without stopping the rest of a sweep; broken checkpoints are refused clearly."""
+import json
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+
+from eqprop import checkpoint as ckpt
+from eqprop.config import ConfigError
+from tests.fault_utils import ONE_THREAD, Job, one_thread, same_weights, write_fake_mnist  # noqa: F401
+from tests.launch_utils import TINY as _TINY
+from tests.launch_utils import compose_cfg, launch_cli, read_metrics, run_inprocess
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = _TINY + ["task=digits"]  # no 2 s csv parse in every process
+# 32 batches an epoch, so that a signal sent as epoch 2 starts lands well inside it
+BASE = ["epochs=2", "task.limit_train=1024", "task.limit_test=50", "task.batch_size=32",
+        "dynamics.T1=20", "dynamics.T2=6", "device=cpu"]
+N_BATCHES = 1024 // 32
+
+SIGNAL_CASES = {
+    # the scheduler, momentum buffers and the estimator's random signs must all resume
+    "SIGTERM": (signal.SIGTERM, ["task=digits", "estimator=random_sign", "optimizer.lr_decay=true", "optimizer.T_max=2",
+                                 "optimizer.momentum=0.9"]),
+    # Ctrl-C reaches the whole process group, DataLoader workers included (a torchvision task on disk)
+    "SIGINT": (signal.SIGINT, ["task=mnist", "task.download=false", "task.num_workers=2", "optimizer=adam"]),
+    "SIGUSR1": (signal.SIGUSR1, ["task=digits", "model=cnn", "model.channels=[4,8]", "estimator=bptt"]),
+}
+
+
+def _without_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("name", list(SIGNAL_CASES))
+def test_signal_saves_mid_epoch_and_resume_is_exact(tmp_path, name):
+    signum, extra = SIGNAL_CASES[name]
+    over = BASE + extra
+    if name == "SIGINT":
+        over.append(f"task.data_dir={write_fake_mnist(tmp_path / 'data', 1024, 50)}")
+    part, full = tmp_path / "part", tmp_path / "full"
+
+    job = Job(over, tmp_path / "job", run_dir=part)
+    job.wait_until(lambda: "[eqprop] epoch 1/2" in job.stdout)  # printed last thing before epoch 2
+    job.signal(signum, group=(name == "SIGINT"))
+    rc = job.wait()
+    assert rc == 128 + signum, (rc, job.stderr[-3000:])
+    assert f"stopped by {name} at epoch 2, batch" in job.stderr and f"resume={part}" in job.stderr
+
+    state = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["batch"] < N_BATCHES, (state["epoch"], state["batch"])
+    written = (part / "metrics.jsonl").read_bytes()
+    assert [r["epoch"] for r in read_metrics(part)] == [1]
+
+    run_inprocess(over + [f"resume={part}"], part)
+    run_inprocess(over, full)
+
+    assert (part / "metrics.jsonl").read_bytes().startswith(written)  # appended to, never rewritten
+    assert [r["epoch"] for r in read_metrics(part)] == [1, 2]
+    assert _without_seconds(read_metrics(part)) == _without_seconds(read_metrics(full))
+    assert same_weights(part / "final_model.pt", full / "final_model.pt")
+
+
+def test_kill_9_during_a_checkpoint_save_loses_nothing(tmp_path):
+    # a wide layer makes each save take a while; one tiny batch an epoch makes saves frequent
+    over = ["model.archi=[784,4096,10]", "task.limit_train=32", "task.batch_size=32", "task.limit_test=10",
+            "dynamics.T1=1", "dynamics.T2=1", "device=cpu"]
+    run = tmp_path / "run"
+    for attempt in range(3):  # the save may end between seeing its temp file and the kill: go again
+        job = Job(over + ["epochs=1000"], tmp_path / f"job{attempt}", run_dir=run)  # reruns resume there
+        job.wait_until(lambda: (run / "checkpoint.pt").exists())
+        job.wait_until(lambda: any(run.glob(".checkpoint.pt.*.tmp")), poll=0.0005)  # a save in flight
+        job.kill()  # SIGKILL: no handler, no clean-up
+        if list(run.glob(".checkpoint.pt.*.tmp")):
+            break
+    assert list(run.glob(".checkpoint.pt.*.tmp")), "the kill never caught a save half-way"
+
+    state = ckpt.load(run / "checkpoint.pt", required=("model", "epoch", "history"))
+    done = state["epoch"]
+    assert done >= 1 and [r["epoch"] for r in read_metrics(run)] == list(range(1, done + 1))
+
+    run_inprocess(over + [f"epochs={done + 1}", f"resume={run}"], run)
+    assert not list(run.glob(".*.tmp"))  # the torn temp file is cleaned up
+    epochs = [r["epoch"] for r in read_metrics(run)]
+    assert epochs == list(range(1, done + 2)), epochs  # no epoch lost, none twice
+    assert ckpt.load(run / "final_model.pt", required=("model",))["epoch"] == done + 1
+
+
+def test_divergence_stops_the_run_with_exit_code_3(tmp_path):
+    p = launch_cli(SMALL + ["loss=cel", "optimizer.lr=1e38"], run_dir=tmp_path, timeout=300, env=ONE_THREAD)
+    assert p.returncode == 3, (p.returncode, p.stderr[-3000:])
+    assert "training diverged at epoch 1, batch" in p.stderr and "NaN or Inf in" in p.stderr
+    assert "Lower the learning rates" in p.stderr
+    last = read_metrics(tmp_path)[-1]
+    assert last["status"] == "diverged" and last["non_finite"]
+    assert not (tmp_path / "final_model.pt").exists()
+
+
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = launch_cli(["-m"] + SMALL + ["loss=cel", "optimizer.lr=1e38,0.05", f"hydra.sweep.dir={sweep}"], timeout=300,
+                   env=ONE_THREAD)
+    assert p.returncode != 0  # Hydra reports the failed job once the sweep is over
+    assert f"{sweep / '0'}: training diverged" in p.stderr
+    assert read_metrics(sweep / "0")[-1]["status"] == "diverged"
+    assert [r["status"] for r in read_metrics(sweep / "1")] == ["ok"]  # the next job ran to the end
+    assert (sweep / "1" / "final_model.pt").exists()
+
+
+def test_metrics_catch_up_with_the_checkpoint_after_a_crash(tmp_path):
+    run_inprocess(SMALL + ["epochs=2"], tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    # a crash after epoch 2's checkpoint, in the middle of appending its line
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:17])
+    run_inprocess(SMALL + ["epochs=3", f"resume={tmp_path}"], tmp_path)
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert text.startswith(lines[0] + "\n" + lines[1][:17])
+    whole = [json.loads(s) for s in text.splitlines() if s.startswith("{") and s.endswith("}")]
+    assert [r["epoch"] for r in whole] == [1, 2, 3]
+    assert whole[1] == json.loads(lines[1])
+
+
+def _trained_run(tmp_path):
+    run = tmp_path / "run"
+    run_inprocess(SMALL, run)
+    return run
+
+
+def test_broken_checkpoints_are_refused_naming_the_file(tmp_path):
+    run = _trained_run(tmp_path)
+    for name in ("checkpoint.pt", "model.pt"):
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+
+    p = launch_cli(SMALL + [f"resume={run}"], timeout=300, env=ONE_THREAD)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"checkpoint {run / 'checkpoint.pt'} is corrupted or truncated" in p.stderr
+    assert "Traceback" not in p.stderr
+
+    p = launch_cli(["mode=evaluate", f"load_path={run}", "task=digits", "device=cpu", "task.limit_test=50"],
+                   timeout=300, env=ONE_THREAD)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"checkpoint {run / 'model.pt'} is corrupted or truncated" in p.stderr
+    assert not (run / "evaluations.jsonl").exists()
+
+
+class NotPlainData:
+    pass
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    """A checkpoint is tensors and plain data; a file that would need to run code to load is refused."""
+    from eqprop.app import prepare
+
+    run = _trained_run(tmp_path)
+    for name in ("checkpoint.pt", "model.pt"):
+        torch.load(run / name, weights_only=True)  # the real ones load the safe way
+
+    torch.save({"model": NotPlainData(), "architecture": {}, "epoch": 1}, run / "model.pt")
+    with pytest.raises(ckpt.CheckpointError, match=f"checkpoint {run / 'model.pt'} is corrupted"):
+        prepare(compose_cfg(["mode=evaluate", f"load_path={run}", "task=digits", "device=cpu"]), run)
+
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoint.pt")  # loads, but is not an eqprop checkpoint
+    with pytest.raises(ckpt.CheckpointError, match="not an eqprop checkpoint"):
+        prepare(compose_cfg(SMALL + [f"resume={run}"]), run)
+
+
+def test_resume_refuses_a_run_of_another_architecture(tmp_path):
+    from eqprop.app import prepare
+
+    run = _trained_run(tmp_path)
+    with pytest.raises(ConfigError, match=r"different architecture \(model.archi: \[64, 512, 10\] in the checkpoint"):
+        prepare(compose_cfg(SMALL + ["model.archi=[64,100,10]", f"resume={run}"]), run)
+    # a requeued job lands in its run dir again and resumes from there: the same check applies
+    with pytest.raises(ConfigError, match="different architecture"):
+        prepare(compose_cfg(SMALL + ["model.activation=tanh"]), run)
+
+
+def test_worker_processes_and_resume_see_the_same_augmented_images():
+    """Random transforms draw per sample from (seed, index): the batches of a resumed epoch, and those
+    loaded by worker processes, are the very batches an uninterrupted single-process epoch sees."""
+    from torch.utils.data import Dataset
+
+    from eqprop.data import Batches
+
+    class Augmented(Dataset):  # a random crop + flip, as CIFAR-10's augmentation draws them
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            x = torch.arange(64, dtype=torch.float32).view(1, 8, 8) + i
+            dx, dy = torch.randint(0, 3, (2,)).tolist()
+            x = torch.nn.functional.pad(x, (1, 1, 1, 1))[:, dy:dy + 8, dx:dx + 8]
+            return (x.flip(2) if torch.rand(1).item() < 0.5 else x), i % 10
+
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    t0 = time.time()
+    whole = [x for _, x, _ in Batches(Augmented(), 8).iterate(order, 0, seed=11)]
+    torch.manual_seed(123)  # whatever the global RNG holds at resume time
+    tail = [x for _, x, _ in Batches(Augmented(), 8).iterate(order, 2, seed=11)]
+    workers = [x for _, x, _ in Batches(Augmented(), 8, num_workers=2).iterate(order, 0, seed=11)]
+    other_epoch = [x for _, x, _ in Batches(Augmented(), 8).iterate(order, 0, seed=12)]
+    assert all(torch.equal(a, b) for a, b in zip(whole[2:], tail)) and len(tail) == 3
+    assert all(torch.equal(a, b) for a, b in zip(whole, workers)) and len(workers) == 5
+    assert not all(torch.equal(a, b) for a, b in zip(whole, other_epoch))
+    assert time.time() - t0 < 60
