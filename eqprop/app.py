@@ -19,11 +19,14 @@ from eqprop.loggers import build_logger
 from eqprop.tasks import check_available
 
 
-def _adopt_architecture(cfg: RunConfig, stored: dict) -> None:
+def _adopt_architecture(cfg: RunConfig, stored: dict, where: Path) -> None:
     """evaluate / gducheck on a saved run: the model comes from the checkpoint, not the command line."""
-    cfg.model = ModelConfig(**stored["model"])
-    cfg.loss.name = stored["loss"]
-    cfg.loss.softmax_readout = stored["softmax_readout"]
+    try:
+        cfg.model = ModelConfig(**stored["model"])
+        cfg.loss.name, cfg.loss.softmax_readout = stored["loss"], stored["softmax_readout"]
+    except (TypeError, KeyError) as err:
+        raise ckpt.CheckpointError(f"{where} describes its model in a way this version of eqprop does not know "
+                                   f"({type(err).__name__}: {err})") from None
     validate(cfg)
 
 
@@ -36,7 +39,7 @@ def _load_weights(cfg: RunConfig):
         raise ConfigError(f"load_path={cfg.load_path} has no model.pt checkpoint: train there first "
                           "(mode=train writes model.pt after its first epoch)")
     state = ckpt.load(f, required=MODEL_KEYS)
-    _adopt_architecture(cfg, state["architecture"])
+    _adopt_architecture(cfg, state["architecture"], f)
     return state
 
 

@@ -63,9 +63,14 @@ def load(path, map_location="cpu", required=()) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain data, which eqprop does not load "
+                "(loading them would run code from the file); eqprop's own checkpoints never do"
+            ) from None
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise CheckpointError(
-            f"checkpoint {path} is corrupted or truncated and cannot be loaded "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
+            f"checkpoint {path} is corrupted or truncated and cannot be loaded ({type(err).__name__}: {first}). "
             "Start a new run, or copy an intact checkpoint there."
         ) from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]

@@ -336,7 +336,8 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     _expect(m.scale is None or _positive(m.scale), f"model.scale={m.scale!r} must be a finite number > 0, or null")
     if m.dropouts is not None:
         _expect(isinstance(m.dropouts, list) and len(m.dropouts) == n_syn,
-                f"model.dropouts={m.dropouts} has {len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} value(s) "
+                f"model.dropouts={m.dropouts} has "
+                f"{len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} value(s) "
                 f"but model={m.name} has {n_syn} layers; give one keep probability per layer")
         _expect(all(isinstance(p, (int, float)) and 0 < p <= 1 for p in m.dropouts),
                 f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")

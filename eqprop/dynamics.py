@@ -154,6 +154,23 @@ class GraphedRelax:
                 if layers is None or layers:
                     self.stepper.step(layers)
 
+    def _warmup(self):
+        """Two real steps on a side stream, so cuDNN/cuBLAS choose algorithms and allocate
+        workspaces outside the capture."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._steps(2)
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self):
+        """Record two steps (nothing runs); returns the replay function."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._steps(2)
+        self._graph = graph  # keeps the graph (and its memory pool) alive
+        return graph.replay
+
     def run(self, drive0, state, beta, y, T, tol, check_every) -> Relaxation:
         st = self.stepper
         # the graph reads and writes the buffers in the places they had at capture
@@ -164,26 +181,17 @@ class GraphedRelax:
             if T < 6:
                 self._steps(T)
                 return Relaxation([s.clone() for s in st.state], T, float("nan"))
-            # warm up on a side stream (cuDNN/cuBLAS choose algorithms and workspaces outside the
-            # capture); these two steps are real steps of this relaxation
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._steps(2)
-            torch.cuda.current_stream().wait_stream(side)
+            self._warmup()  # two real steps of this relaxation
             done = 2
-            # pool indices the captured steps expect to find already computed (async mode)
+            # the pool indices the captured steps expect to find computed (async mode)
             self.primed = set(st.valid)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._steps(2)
-            self.graph = graph
+            self.graph = self._capture()
         else:
             st.prime(self.primed)
         residual = float("nan")
         every = max(2, check_every - check_every % 2)
         while done + 2 <= T:
-            self.graph.replay()
+            self.graph()
             done += 2
             if tol > 0.0 and (done % every == 0 or done + 2 > T):
                 residual = st.residual().item()

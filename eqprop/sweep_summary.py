@@ -133,8 +133,10 @@ def job_rows(sweep_dir) -> List[dict]:
         if (d / ".hydra" / "overrides.yaml").is_file():
             dirs.setdefault(d.name, d)
     rows = []
-    for name, d in sorted(dirs.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0,
-                                                        kv[0])):
+    def job_order(name):  # 2 before 10; dirs of other layouts after the numbered ones
+        return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+    for name, d in sorted(dirs.items(), key=lambda kv: job_order(kv[0])):
         result = _read_json(d / RESULT) or {}
         m = _metrics(d)
         if result.get("status"):

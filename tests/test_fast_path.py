@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eqprop.activations import ACTIVATIONS
-from eqprop.dynamics import relax, relax_stepwise
+from eqprop.dynamics import GraphedRelax, relax, relax_stepwise
 from eqprop.estimators import Dynamics, OneSided, Symmetric
 from eqprop.models.fast import FastStepper, inplace_activation
 from tests.helpers import random_batch, random_state, small_net
@@ -187,3 +187,65 @@ def test_bad_options_are_refused_clearly():
         relax(model, x, state, 3, tol=-1.0)
     with pytest.raises(ValueError, match="per-example beta"):
         relax(model, x, state, 3, torch.ones(x.shape[0]), y, fast=False)
+
+
+class EmulatedGraph(GraphedRelax):
+    """GraphedRelax with the CUDA graph emulated on the CPU: a capture freezes which buffers each
+    kernel reads and writes and which pool indices it recomputes, and a replay runs exactly that,
+    whatever Python's bookkeeping says at replay time. The emulation restores the bookkeeping seen
+    at capture, runs the two steps, and checks that they leave the buffers where they found them
+    (what makes replaying one captured pair of steps again and again correct)."""
+    _cache: dict = {}
+
+    def _warmup(self):
+        self._steps(2)
+
+    def _capture(self):
+        st = self.stepper
+        snap = (list(st.cur), list(st.nxt), set(st.valid))
+
+        def replay():
+            saved = (list(st.cur), list(st.nxt), set(st.valid))
+            st.cur[:], st.nxt[:] = snap[0], snap[1]
+            st.valid.clear()
+            st.valid.update(snap[2])
+            self._steps(2)
+            assert all(a is b for a, b in zip(st.cur + st.nxt, snap[0] + snap[1]))
+            assert st.valid == snap[2]
+            st.cur[:], st.nxt[:] = saved[0], saved[1]
+            st.valid.clear()
+            st.valid.update(saved[2])
+        return replay
+
+
+@pytest.mark.parametrize("case", [CASES[6], CASES[11], CASES[12], CASES[2]], ids=["cnn", "cnn3", "vf_cnn", "mlp"])
+@pytest.mark.parametrize("update", ["sync", "async"])
+def test_graph_replay_logic_reuses_buffers_correctly(case, update):
+    """Several batches through one cached graph object: odd and even T, free and nudged (per-example
+    beta), an early stop by tol; each equals the step-by-step relaxation."""
+    EmulatedGraph._cache.clear()
+    model, x, y, _ = setup(case)
+    m = x.shape[0]
+    with torch.no_grad():
+        drive0 = model.input_drive(x)
+        for i, (T, signs, tol) in enumerate([(9, None, 0.0), (8, None, 0.0), (11, None, 0.0), (7, None, 1e-3),
+                                             (9, (1, -1), 0.0), (10, (-1, 1), 0.0)]):
+            state = random_state(model, n=m, seed=10 + i)
+            if signs is None:
+                beta, beta_t = 0.0, 0.0
+            else:
+                beta_t = torch.tensor([0.5 * signs[j % 2] for j in range(m)], dtype=torch.float64)
+            obj = EmulatedGraph.get(model, drive0, state, beta_t, update)
+            got = obj.run(drive0, state, beta_t, y, T, tol, 1)
+            if signs is None:
+                want = relax_stepwise(model, x, state, T, 0.0, y, update=update, tol=tol)
+                assert got.steps == want.steps or (tol > 0 and got.steps >= want.steps)
+                want = relax_stepwise(model, x, state, got.steps, 0.0, y, update=update)
+                assert close(got.state, want.state), (i, maxdiff(got.state, want.state))
+            else:
+                for j in range(m):
+                    b = float(beta_t[j])
+                    want = relax_stepwise(model, x, [s[j:j + 1] for s in state], T, b, y[j:j + 1], update=update,
+                                          drive0=drive0[j:j + 1])
+                    assert close([s[j:j + 1] for s in got.state], want.state), (i, j)
+    assert len(EmulatedGraph._cache) == 2  # one free graph, one nudged graph, reused across batches

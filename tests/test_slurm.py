@@ -40,13 +40,19 @@ def _slurm_env():
 def slurm():
     env = _slurm_env()
     why = None
-    if shutil.which("sinfo") is None:
+    conf = env.get("SLURM_CONF")
+    if shutil.which("sinfo", path=env.get("PATH")) is None:
         why = "no sinfo on PATH"
+    elif conf and not Path(conf).is_file():
+        why = f"SLURM_CONF={conf} does not exist"
     else:
-        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env, timeout=30)
-        state = p.stdout.strip()
-        if p.returncode != 0 or state not in ("idle", "mixed", "allocated"):
-            why = f"sinfo answers {(p.stderr or state).strip()[:200]!r}"
+        try:
+            p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env, timeout=15)
+            state = p.stdout.strip()
+            if p.returncode != 0 or state not in ("idle", "mixed", "allocated"):
+                why = f"sinfo answers {(p.stderr or state).strip()[:200]!r}"
+        except subprocess.TimeoutExpired:  # no configuration: the client looks for one in DNS
+            why = "sinfo did not answer within 15 s"
     if why:
         msg = f"no SLURM cluster reachable ({why}); start one with scripts/slurm/cluster.sh start"
         if os.environ.get("EQPROP_REQUIRE_SLURM") == "1":
@@ -185,6 +191,28 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
     rows = _summary(sweep_dir)
     assert [rows[str(j)]["status"] for j in range(3)] == ["finished"] * 3, rows
     assert len({rows[str(j)]["best_test_acc"] for j in range(3)}) == 1
+
+
+def test_a_cancelled_job_neither_stops_nor_hides_the_others(slurm, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    launcher = subprocess.Popen(_cmd([*TINY, "seed=0,1", *SMALL_JOB, f"hydra.sweep.dir={sweep_dir}"]), cwd=ROOT,
+                                env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (sweep_dir / "0" / ".hydra" / "overrides.yaml").exists():  # job 0 has started
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.5)
+        subprocess.run(["scancel", _task(sweep_dir, 0)], env=slurm, check=True, timeout=30)
+        out, _ = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1, out[-3000:]  # Hydra reports the cancelled job once all have ended
+    assert "has not produced any output (state: CANCELLED" in out
+    rows = _summary(sweep_dir)
+    assert (rows["0"]["status"], rows["1"]["status"]) == ("killed", "finished"), rows
+    assert "CANCELLED" in rows["0"]["error"]
+    assert [r["epoch"] for r in read_metrics(sweep_dir / "1")] == [1]
 
 
 @pytest.mark.parametrize("override, reason", [

@@ -71,7 +71,7 @@ class FastStepper:
         self.scale, self.post = [scale] * n, [post] * n
         if model.loss.linear_output:
             self.scale[-1], self.post[-1] = 1.0, None
-        syn = model.synapses
+        self.syn = syn = list(model.synapses)  # a plain list: ModuleList indexing costs microseconds
 
         # Forward contexts: synapse j (1 <= j < n) reads layer j - 1; its ctx is static except the
         # max-pool indices, which live in a buffer refilled whenever the drive is computed.
@@ -152,13 +152,14 @@ class FastStepper:
         if order is None:
             order = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
             self.orders[layers if layers is None else tuple(layers)] = order
-        n, cur, nxt, syn, valid = self.n, self.cur, self.nxt, self.model.synapses, self.valid
+        n, cur, nxt, syn, valid, track = self.n, self.cur, self.nxt, self.syn, self.valid, self.track
         for k in order:
             out, scale = nxt[k], self.scale[k]
             if k + 1 < n:
                 if k > 0:
                     syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k])
-                    valid.add(("f", k))
+                    if track:
+                        valid.add(("f", k))
                 s_fb, ctx, key, scratch = self.fb[k]
                 if key is not None and key not in valid:
                     # Only the indices are wanted; the pooled output lands in scratch, or in the
@@ -169,7 +170,8 @@ class FastStepper:
             else:  # the top layer: no feedback, maybe a nudge
                 if k > 0:
                     syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k], scale)
-                    valid.add(("f", k))
+                    if track:
+                        valid.add(("f", k))
                 else:
                     torch.mul(self.drive0, scale, out=out)
                 if self.nudged:
@@ -178,17 +180,15 @@ class FastStepper:
                 self.post[k](out)
         for k in order:
             cur[k], nxt[k] = nxt[k], cur[k]
-        if self.track:
+        if track:
             for k in order:
                 valid.discard(("f", k + 1))
                 valid.discard(("b", k))
-        else:
-            valid.clear()
 
     def prime(self, keys):
         """Recompute the pool indices named by `keys` from the current state and mark them valid
         (a replayed CUDA graph expects the ones that were valid when it was captured)."""
-        syn = self.model.synapses
+        syn = self.syn
         for key in keys:
             kind, j = key
             if kind == "f":

@@ -18,6 +18,7 @@ In a SLURM job (SlurmLauncher.__call__):
 """
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -46,9 +47,21 @@ def _put_repo_on_pythonpath() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + parts)
 
 
-def _last_line(err: BaseException) -> str:
+def _last_line(err) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[-1] if lines else type(err).__name__
+
+
+def _reason(err: BaseException) -> str:
+    """One line out of submitit's multi-line errors about a job without a result."""
+    from submitit.core.utils import UncompletedJobError
+
+    text = str(err)
+    state = re.search(r"has not produced any output \((state: [^)]*)\)", text)
+    if isinstance(err, UncompletedJobError) and state:
+        return f"ended without a result ({state.group(1)})"
+    parts = text.split("-" * 22)  # FailedJobError: the job's traceback sits between two rules
+    return _last_line(parts[1] if len(parts) >= 3 else text)
 
 
 class _Launch:
@@ -107,9 +120,8 @@ class _Launch:
             job_dir = sweep_dir / str(idx)
             subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
             if subdir == "${hydra.job.num}" and job_dir.is_dir():
-                record_job(job_dir, status, error=_last_line(err), job_id=str(job.job_id), overrides=overrides)
-            log.error(f"job #{idx} ({job.job_id}) ended without a result: {_last_line(err)}; "
-                      f"logs: {job.paths.stderr}")
+                record_job(job_dir, status, error=_reason(err), job_id=str(job.job_id), overrides=overrides)
+            log.error(f"job #{idx} ({job.job_id}): {_reason(err)}; logs: {job.paths.stderr}")
             return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=err)
 
 
@@ -139,6 +151,7 @@ class _TimeLimitWarning:
         engine = signal.getsignal(signal.SIGUSR1)
         if not callable(engine):  # outside the training loop: the last checkpoint is all there is
             self.requeue_now()
+            return
         engine(signal.SIGUSR1, frame)  # the engine saves and stops at the next batch boundary
         # the step in flight may outlast the warning (a long evaluation): requeue before the kill anyway
         signal.signal(signal.SIGALRM, lambda *_: self.requeue_now())
