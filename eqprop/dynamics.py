@@ -126,6 +126,7 @@ class GraphedRelax:
     each batch; parameters updated in place by the optimiser need no recapture.
     """
     _cache: dict = {}
+    MAX_CACHED = 8  # graphs hold device memory and their model: keep the most recent few
 
     def __init__(self, model, drive0, state, beta, update):
         self.model, self.update = model, update
@@ -141,11 +142,15 @@ class GraphedRelax:
     @classmethod
     def get(cls, model, drive0, state, beta, update):
         nudged = torch.is_tensor(beta) or beta != 0.0
-        key = (id(model), update, nudged, drive0.dtype, str(drive0.device),
+        key = (id(model), update, nudged, drive0.dtype, str(drive0.device), drive0.stride(),
                tuple((tuple(s.shape), s.stride()) for s in state))
         obj = cls._cache.get(key)
         if obj is None or obj.model is not model or obj.params != [p.data_ptr() for p in model.parameters()]:
-            obj = cls._cache[key] = cls(model, drive0, state, beta, update)
+            obj = cls(model, drive0, state, beta, update)
+        cls._cache.pop(key, None)
+        cls._cache[key] = obj  # most recent last
+        while len(cls._cache) > cls.MAX_CACHED:
+            cls._cache.pop(next(iter(cls._cache)))
         return obj
 
     def _steps(self, count):

@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -189,6 +190,28 @@ def _reconcile_metrics(path: Path, history: list) -> None:
             ckpt.append_line(path, json.dumps(m))
 
 
+def _resume_optimizer(run: Run, state: dict) -> None:
+    """The checkpoint's optimiser and schedule, exactly; but when the command line changes the
+    optimiser's settings (a lower lr after a divergence, say), those apply from here on: the same
+    momentum / Adam buffers, the new hyper-parameters, the new schedule at the epoch reached."""
+    saved, now = state.get("optimizer_config"), asdict(run.cfg.optimizer)
+    if saved is None or saved == now:
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scheduler is not None and state.get("scheduler"):
+            run.scheduler.load_state_dict(state["scheduler"])
+        return
+    changed = ", ".join(f"optimizer.{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
+    if saved.get("name") == now["name"]:
+        groups = run.optimizer.state_dict()["param_groups"]  # as built from the command line
+        run.optimizer.load_state_dict({"state": state["optimizer"]["state"], "param_groups": groups})
+    if run.scheduler is not None:
+        with warnings.catch_warnings():  # stepping before any optimiser step is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(min(state["epoch"], run.scheduler.T_max)):
+                run.scheduler.step()
+    print(f"[eqprop] resuming with new optimiser settings ({changed})", flush=True)
+
+
 def train(run: Run, logger) -> dict:
     cfg, model, run_dir = run.cfg, run.model, run.run_dir
     paths = {k: run_dir / f"{k}" for k in ("metrics.jsonl", "checkpoint.pt", "model.pt", "final_model.pt")}
@@ -199,9 +222,7 @@ def train(run: Run, logger) -> dict:
         state = ckpt.load(paths["checkpoint.pt"], required=CHECKPOINT_KEYS)
         check_same_architecture(state["architecture"], cfg, run_dir)
         model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.scheduler is not None and state.get("scheduler"):
-            run.scheduler.load_state_dict(state["scheduler"])
+        _resume_optimizer(run, state)
         history, best = state["history"], state["best_test_acc"]
         start_epoch, start_batch, partial = state["epoch"], state["batch"], state.get("partial")
         _reconcile_metrics(paths["metrics.jsonl"], history)
@@ -214,7 +235,7 @@ def train(run: Run, logger) -> dict:
             "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
             "epoch": epoch, "batch": batch, "partial": partial_state, "history": history,
             "best_test_acc": best, "architecture": architecture(cfg), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": _cuda_rng(),
+            "cuda_rng": _cuda_rng(), "optimizer_config": asdict(cfg.optimizer),
         }, paths["checkpoint.pt"])
 
     def save_model(path, epoch, test_acc):

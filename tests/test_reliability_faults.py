@@ -10,6 +10,7 @@ import torch
 
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError
+from eqprop.engine import Diverged
 from tests.fault_utils import ONE_THREAD, Job, one_thread, same_weights, write_fake_mnist  # noqa: F401
 from tests.launch_utils import TINY as _TINY
 from tests.launch_utils import compose_cfg, launch_cli, read_metrics, run_inprocess
@@ -100,6 +101,35 @@ def test_divergence_stops_the_run_with_exit_code_3(tmp_path):
     last = read_metrics(tmp_path)[-1]
     assert last["status"] == "diverged" and last["non_finite"]
     assert not (tmp_path / "final_model.pt").exists()
+
+
+def test_divergence_in_states_and_weights_keeps_the_last_good_checkpoint(tmp_path):
+    # a linear output layer in the energy (cel without read-out) and a huge lr overflow everything
+    with pytest.raises(Diverged, match="NaN or Inf in the free-phase states and the gradient estimates and the "
+                                       "weights after the update and the training loss"):
+        run_inprocess(SMALL + ["loss=cel", "loss.softmax_readout=false", "optimizer.lr=1e38"], tmp_path / "a")
+
+    # momentum lets the weights grow for two epochs before they overflow in the third
+    run = tmp_path / "b"
+    with pytest.raises(Diverged, match="at epoch 3, batch 2"):
+        run_inprocess(SMALL + ["epochs=3", "optimizer.lr=1e38", "optimizer.momentum=0.9"], run)
+    assert [r.get("status") for r in read_metrics(run)] == ["ok", "ok", "diverged"]
+    state = ckpt.load(run / "checkpoint.pt", required=("model", "epoch"))
+    assert state["epoch"] == 2 and all(torch.isfinite(w).all() for w in state["model"].values())
+    run_inprocess(SMALL + ["epochs=3", "optimizer.lr=0.05", "optimizer.momentum=0.9", f"resume={run}"], run)
+    assert [r.get("status") for r in read_metrics(run)] == ["ok", "ok", "diverged", "ok"]
+    assert read_metrics(run)[-1]["lrs"] == [0.05, 0.05]  # the lower lr applies, momentum buffers kept
+    assert ckpt.load(run / "final_model.pt", required=("model",))["epoch"] == 3
+
+
+def test_resume_with_new_optimiser_settings_follows_their_schedule(tmp_path):
+    decay = SMALL + ["optimizer.lr_decay=true", "optimizer.T_max=4", "optimizer.momentum=0.5"]
+    run_inprocess(decay + ["epochs=3", "optimizer.lr=0.1"], tmp_path / "planned")
+    run_inprocess(decay + ["epochs=1", "optimizer.lr=0.3"], tmp_path / "changed")
+    run_inprocess(decay + ["epochs=3", "optimizer.lr=0.1", f"resume={tmp_path / 'changed'}"], tmp_path / "changed")
+    planned, changed = read_metrics(tmp_path / "planned"), read_metrics(tmp_path / "changed")
+    assert changed[0]["lrs"] != planned[0]["lrs"]
+    assert [r["lrs"] for r in changed[1:]] == [r["lrs"] for r in planned[1:]]
 
 
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
