@@ -29,7 +29,8 @@ SIGNAL_CASES = {
                                  "optimizer.momentum=0.9"]),
     # Ctrl-C reaches the whole process group, DataLoader workers included (a torchvision task on disk)
     "SIGINT": (signal.SIGINT, ["task=mnist", "task.download=false", "task.num_workers=2", "optimizer=adam"]),
-    "SIGUSR1": (signal.SIGUSR1, ["task=digits", "model=cnn", "model.channels=[4,8]", "estimator=bptt"]),
+    "SIGUSR1": (signal.SIGUSR1, ["task=digits", "model=cnn", "model.channels=[4,8]", "estimator=bptt",
+                                 "dynamics.T1=10", "dynamics.T2=4"]),
 }
 
 

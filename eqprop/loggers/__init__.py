@@ -27,4 +27,6 @@ def build_logger(logger_cfg, run_dir: Path, config: dict):
         from eqprop.loggers.wandb_logger import WandbLogger
 
         return WandbLogger(logger_cfg, run_dir, config)
-    raise ValueError(f"logger.name={name!r} is not known; expected none or wandb")
+    from eqprop.config import ConfigError
+
+    raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
