@@ -249,3 +249,28 @@ def test_graph_replay_logic_reuses_buffers_correctly(case, update):
                                           drive0=drive0[j:j + 1])
                     assert close([s[j:j + 1] for s in got.state], want.state), (i, j)
     assert len(EmulatedGraph._cache) == 2  # one free graph, one nudged graph, reused across batches
+
+
+@pytest.mark.parametrize("kernels", [("conv", "convT"), ("conv", "data"), ("gemm", "gemm"), ("gemm", "convT")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("case", [CASES[10], CASES[11], CASES[13]], ids=["cnn-stride2", "cnn3", "vf_cnn"])
+def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout, monkeypatch):
+    """The kernels chosen per device (CPU: oneDNN backward-data, GEMM for tiny maps; GPU: cuDNN)
+    are all checked here, whatever this machine would pick."""
+    import eqprop.models.fast as fast
+
+    def force(pairs, device):
+        for syn, _ in pairs:
+            if hasattr(syn, "fwd_impl"):
+                syn.fwd_impl, syn.bwd_impl = kernels
+    monkeypatch.setattr(fast, "choose_kernels", force)
+    model, x, y, state = setup(case)
+    with torch.no_grad():
+        drive0 = model.input_drive(x)
+        for update in ("sync", "async"):
+            st = FastStepper(model, drive0, state, 0.6, y, memory_format=layout)
+            n = model.n_layers
+            for layers in (list(range(0, n, 2)), list(range(1, n, 2))) * 3 if update == "async" else [None] * 3:
+                st.step(layers)
+            want = relax_stepwise(model, x, state, 3, 0.6, y, update=update).state
+            assert close(st.state, want), (update, maxdiff(st.state, want))

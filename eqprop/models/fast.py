@@ -14,12 +14,14 @@ when no autograd graph is wanted. Where the time goes and what it saves:
 - beta may be a per-example tensor, so the +beta and -beta nudged phases run as one batch;
 - every buffer has a fixed address, so a CUDA graph can capture steps and replay them.
 """
+import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from eqprop import activations as A
+from eqprop.models.synapses import ConvPool
 
 # sigma(x) = post(scale * x): the scale folds into the GEMM that finishes a pre-activation (addmm's
 # alpha and beta), the rest runs in place. (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and
@@ -50,8 +52,8 @@ class FastStepper:
     drive0: f_0(x); state: the starting state (copied, never written); beta: a float, or a tensor
     with one value per example; y: the targets when nudged. With `static=True` every input lives in
     a buffer owned by the stepper (refilled by `load`), which is what CUDA graph replay needs.
-    memory_format: of the 4-d state buffers; by default that of drive0 (channels-last when the
-    model and x are).
+    memory_format: of the 4-d state buffers; by default channels-last on CPU (see `choose_layout`)
+    and that of drive0 elsewhere.
     """
 
     def __init__(self, model, drive0, state: Sequence[torch.Tensor], beta=0.0, y=None,
@@ -60,9 +62,7 @@ class FastStepper:
         self.n = n = model.n_layers
         self.static = static
         if memory_format is None:
-            memory_format = torch.preserve_format
-            if drive0.dim() == 4 and not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
-                memory_format = torch.channels_last
+            memory_format = choose_layout(drive0)
         self.cur = [s.detach().clone(memory_format=_fmt(s, memory_format)) for s in state]
         self.nxt = [torch.empty_like(s) for s in self.cur]
         self.batch = batch = self.cur[0].shape[0]
@@ -95,12 +95,15 @@ class FastStepper:
                 self.fb.append((s_fb, s_fb.static_ctx(self.cur[k].shape, idx),
                                 ("b", k) if s_fb.needs_ctx else None, scratch))
         self.track = any(entry[2] is not None for entry in self.fb)
+        choose_kernels([(syn[j], self.cur[j - 1].shape) for j in range(1, n)]
+                       + [(entry[0], self.cur[k].shape) for k, entry in enumerate(self.fb)], dev)
         self.readout = syn[n] if model.loss.softmax_readout else None
         self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
         self.valid = set()  # keys of contexts computed from the current value of the layer they read
         self.orders = {}
 
         self.nudged = torch.is_tensor(beta) or beta != 0.0
+        self.memory_format = memory_format
         if static:
             self.drive0 = drive0.detach().clone(memory_format=_fmt(drive0, memory_format))
             self.neg_beta = torch.empty((batch,) + (1,) * (self.cur[-1].dim() - 1), device=dev, dtype=dt)
@@ -117,6 +120,9 @@ class FastStepper:
         if self.static:
             if drive0 is not self.drive0:
                 self.drive0.copy_(drive0)
+        elif drive0.dim() == 4 and self.memory_format is torch.channels_last:
+            # once per relaxation, so that every step's arithmetic stays in one layout
+            self.drive0 = drive0.contiguous(memory_format=torch.channels_last)
         else:
             self.drive0 = drive0
         if not self.nudged:
@@ -213,6 +219,37 @@ class FastStepper:
     def residual(self) -> torch.Tensor:
         """Largest |change| made by the last full step (every layer updated once since), on device."""
         return torch.stack([(c - p).abs().amax() for c, p in zip(self.cur, self.nxt)]).amax()
+
+
+def choose_layout(drive0):
+    """Channels-last for conv states on CPU: PyTorch's NCHW max-pool kernel on CPU is an order of
+    magnitude slower than its channels-last one, and oneDNN's convolutions are as fast or faster
+    (benchmarks/README.md). On GPUs the layout of drive0 is kept (channels-last when the model and
+    the input were converted by the caller)."""
+    if drive0.dim() != 4:
+        return torch.preserve_format
+    if drive0.device.type == "cpu":
+        return torch.channels_last
+    if not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.preserve_format
+
+
+def choose_kernels(pairs, device):
+    """Pick the fast-path kernels of each conv synapse, given (synapse, input shape) pairs; chosen
+    from measurements with python -m eqprop.bench (benchmarks/README.md). On CPU the transpose is
+    the conv's own backward-data kernel (oneDNN), and a conv whose output map has at most 4
+    positions (the paper CNN's last conv, 4x4 -> 2x2) runs as one GEMM, which oneDNN does slower.
+    On GPUs: cuDNN's conv and transposed conv."""
+    for syn, in_shape in pairs:
+        if not isinstance(syn, ConvPool):
+            continue
+        if device.type != "cpu":
+            syn.fwd_impl, syn.bwd_impl = "conv", "convT"
+        elif math.prod(syn._conv_shape(in_shape)[2:]) <= 4:
+            syn.fwd_impl, syn.bwd_impl = "gemm", "gemm"
+        else:
+            syn.fwd_impl, syn.bwd_impl = "conv", "data"
 
 
 def _fmt(t, fmt):
