@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from eqprop.models.dropout import has_masks
 from eqprop.models.fast import FastStepper
 
 UPDATES = ("sync", "async")
@@ -68,7 +69,7 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     _check_args(update, tol)
     if drive0 is None:
         drive0 = model.input_drive(x)
-    if not fast or needs_graph(model, state):
+    if not fast or needs_graph(model, state) or has_masks(model):  # dropout: the definitional path
         if torch.is_tensor(beta):
             raise ValueError("a per-example beta needs the fast path (no autograd graph)")
         return relax_stepwise(model, x, state, T, beta, y, drive0=drive0, update=update, tol=tol)

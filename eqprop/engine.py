@@ -24,6 +24,7 @@ from eqprop.data import Batches, epoch_seed
 from eqprop.estimators import Dynamics, build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
+from eqprop.models.dropout import dropout_masks
 from eqprop.optim import build_optimizer
 from eqprop.plots import plot_accuracy, plot_activity
 from eqprop.tasks import build_task
@@ -266,7 +267,8 @@ def train(run: Run, logger) -> dict:
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0, dynamic_ncols=True)
             last_state = None
             for b, x, y in bar:
-                est = run.estimator(model, x, y, run.dyn, gen)
+                with dropout_masks(model, cfg.model.dropouts or [], x.shape[0]):
+                    est = run.estimator(model, x, y, run.dyn, gen)
                 for p in model.parameters():
                     p.grad = est.grads[p]
                 run.optimizer.step()

@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 
 from eqprop.dynamics import Relaxation, relax
+from eqprop.models.dropout import has_masks
 
 
 @dataclass
@@ -53,7 +54,7 @@ def batch_nudged_pays(x, dyn: Dynamics) -> bool:
 
 def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
     """The +beta and -beta nudged phases from `start`: two Relaxations (batched when it pays)."""
-    if not batch_nudged_pays(x, dyn):
+    if has_masks(model) or not batch_nudged_pays(x, dyn):
         return (nudged_phase(model, x, y, start, beta, dyn, drive0),
                 nudged_phase(model, x, y, start, -beta, dyn, drive0))
     m = x.shape[0]

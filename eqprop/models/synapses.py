@@ -15,19 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eqprop.models.dropout import MaskedInput
+
 POOLS = ("m", "a", "i")
 
 
-class Dense(nn.Linear):
+class Dense(MaskedInput, nn.Linear):
     """Fully connected synapse; flattens its input (so it can follow a conv layer)."""
 
     def drive(self, s, ctx_only: bool = False):
         if ctx_only:
             return None, s.shape
-        return F.linear(s.flatten(1), self.weight, self.bias), s.shape
+        return F.linear(self.masked(s).flatten(1), self.weight, self.bias), s.shape
 
     def feedback(self, g, ctx):
-        return (g @ self.weight).view(ctx)
+        return self.masked((g @ self.weight).view(ctx))
 
     needs_ctx = False  # the transpose needs only shapes, never a forward pass
 
@@ -58,11 +60,11 @@ class Dense(nn.Linear):
                 out.mul_(scale)
 
     def param_grads(self, s, g, ctx=None):
-        dw = g.t() @ s.flatten(1)
+        dw = g.t() @ self.masked(s).flatten(1)
         return (dw,) if self.bias is None else (dw, g.sum(0))
 
 
-class ConvPool(nn.Conv2d):
+class ConvPool(MaskedInput, nn.Conv2d):
     """Conv2d followed by a 2x2/stride-2 pool: 'm' max, 'a' average, 'i' none."""
 
     def __init__(self, c_in, c_out, kernel, stride, padding, pool: str, bias: bool = True):
@@ -79,7 +81,7 @@ class ConvPool(nn.Conv2d):
         if ctx_only and self.pool != "m":
             # Only max-pool needs the conv output to route the transpose; spare the conv otherwise.
             return None, (s.shape, None, self._conv_shape(s.shape))
-        h = F.conv2d(s, self.weight, self.bias, self.stride, self.padding)
+        h = F.conv2d(self.masked(s), self.weight, self.bias, self.stride, self.padding)
         if self.pool == "m":
             out, idx = F.max_pool2d(h, 2, 2, return_indices=True)
         elif self.pool == "a":
@@ -104,7 +106,7 @@ class ConvPool(nn.Conv2d):
         return g
 
     def feedback(self, g, ctx):
-        return self.feedback_from_unpooled(self._unpool(g, ctx), ctx)
+        return self.masked(self.feedback_from_unpooled(self._unpool(g, ctx), ctx))
 
     @property
     def needs_ctx(self) -> bool:
@@ -176,6 +178,6 @@ class ConvPool(nn.Conv2d):
         gu = self._unpool(g, ctx)
         mask = [False, True, self.bias is not None]
         _, dw, db = torch.ops.aten.convolution_backward(
-            gu, s, self.weight, [self.out_channels] if self.bias is not None else None,
+            gu, self.masked(s), self.weight, [self.out_channels] if self.bias is not None else None,
             self.stride, self.padding, self.dilation, False, [0, 0], 1, mask)
         return (dw,) if self.bias is None else (dw, db)
