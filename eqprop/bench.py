@@ -293,6 +293,8 @@ def main(argv=None):
     ap.add_argument("--batch-nudged", default="auto", choices=["auto", "on", "off"],
                     help="run the +beta/-beta phases as one batch")
     ap.add_argument("--graph", action="store_true", help="CUDA graphs for eqprop's relaxation (CUDA only)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="eqprop's conv states channels-last (faster on CPU; rounds differently, see README)")
     ap.add_argument("--out", default="bench.json", help="JSON results file ('' to skip)")
     args = ap.parse_args(argv)
 
@@ -305,7 +307,7 @@ def main(argv=None):
         ap.error(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dyn_kw = {"update": args.update, "graph": args.graph,
+    dyn_kw = {"update": args.update, "graph": args.graph, "channels_last": args.channels_last,
               "batch_nudged": {"auto": None, "on": True, "off": False}[args.batch_nudged]}
 
     def log(msg):
@@ -316,7 +318,7 @@ def main(argv=None):
         "hardware": hardware(device), "threads": torch.get_num_threads(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": args.quick, "dtype": "float32", "update": args.update, "batch_nudged": args.batch_nudged,
-        "graph": args.graph, "command": "python -m eqprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "graph": args.graph, "channels_last": args.channels_last, "command": "python -m eqprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     log(f"eqprop.bench: torch {meta['torch']}, {meta['device']} ({meta['hardware']}), "

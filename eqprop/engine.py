@@ -287,7 +287,7 @@ def train(run: Run, logger) -> dict:
                 acc["batches"] += 1
                 last_state = est.free
                 if cfg.gdu.every and (b + 1) % cfg.gdu.every == 0:
-                    _periodic_gdu(run, logger, x, y, epoch, b, gen)
+                    _periodic_gdu(run, logger, x, y, epoch, b)
                 bar.set_postfix(acc=f"{acc['correct'] / acc['total']:.3f}", refresh=False)
                 if flag.signum is not None:
                     acc["seconds"] += time.perf_counter() - t0
@@ -350,13 +350,15 @@ def _diverged(run, epoch, batch, metrics_path, what):
                    f"{run.run_dir} is kept.")
 
 
-def _periodic_gdu(run, logger, x, y, epoch, batch, gen):
+def _periodic_gdu(run, logger, x, y, epoch, batch):
     """The original --check-thm: the GDU check on a few examples of the current batch."""
     from eqprop.gdu import gdu_check
 
     n = min(run.cfg.gdu.n_examples, x.shape[0])
     beta = getattr(run.estimator, "beta", 0.0) or run.cfg.estimator.beta
     est_name = run.estimator.name if run.estimator.name != "bptt" else "one_sided"
+    # its own random stream: checking must not change the signs a random_sign run draws
+    gen = torch.Generator().manual_seed(epoch_seed(run.cfg.seed, epoch, 4) + batch)
     _, _, metrics = gdu_check(run.model, x[:n], y[:n], run.dyn.T1, run.dyn.T2, beta, est_name, gen)
     step = epoch * len(run.train) + batch + 1
     ckpt.append_line(run.run_dir / "gdu_train.jsonl", json.dumps({"epoch": epoch + 1, "batch": batch + 1,

@@ -1,7 +1,7 @@
 """The GDU study: how far EP's step-by-step updates sit from BPTT's gradients as beta shrinks,
 for the one-sided, random-sign and symmetric estimates, in one job.
 
-`mode=gducheck gdu.betas=[...]` runs it and writes, next to the single check's files:
+`mode=gducheck gdu.betas=[...]` runs it in place of the single check (no gdu.json / gdu.png) and writes:
   gdu_study.json   every (estimator, beta): errors averaged over parameters and neuron layers,
                    the error of each parameter tensor / neuron layer, and the local order
   gdu_study.md     the same as tables, with the fitted order of each estimate

@@ -251,7 +251,8 @@ def test_graph_replay_logic_reuses_buffers_correctly(case, update):
     assert len(EmulatedGraph._cache) == 2  # one free graph, one nudged graph, reused across batches
 
 
-@pytest.mark.parametrize("kernels", [("conv", "convT"), ("conv", "data"), ("gemm", "gemm"), ("gemm", "convT")])
+@pytest.mark.parametrize("kernels", [("conv", "convT", False), ("conv", "data", True), ("gemm", "gemm", False),
+                                     ("gemm", "convT", True)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("case", [CASES[10], CASES[11], CASES[13]], ids=["cnn-stride2", "cnn3", "vf_cnn"])
 def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout, monkeypatch):
@@ -259,10 +260,10 @@ def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout
     are all checked here, whatever this machine would pick."""
     import eqprop.models.fast as fast
 
-    def force(pairs, device):
+    def force(pairs, device, channels_last=False):
         for syn, _ in pairs:
             if hasattr(syn, "fwd_impl"):
-                syn.fwd_impl, syn.bwd_impl = kernels
+                syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = kernels
     monkeypatch.setattr(fast, "choose_kernels", force)
     model, x, y, state = setup(case)
     with torch.no_grad():

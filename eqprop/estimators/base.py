@@ -24,9 +24,14 @@ class Dynamics:
     check_every: Optional[int] = None   # steps between convergence checks (None: 1 on CPU, 10 on GPU)
     batch_nudged: Optional[bool] = None  # run +beta and -beta as one batch (None: when it pays)
     graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
+    channels_last: bool = False          # conv states channels-last: faster, rounds differently (fast.choose_kernels)
 
 
-def _relax(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> Relaxation:
+def relax_phase(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> Relaxation:
+    if drive0 is None:
+        drive0 = model.input_drive(x)
+    if dyn.channels_last and drive0.dim() == 4:
+        drive0 = drive0.contiguous(memory_format=torch.channels_last)  # the fast path follows drive0
     return relax(model, x, state, T, beta, y, drive0=drive0, update=dyn.update, tol=dyn.tol,
                  check_every=dyn.check_every, graph=dyn.graph)
 
@@ -34,12 +39,12 @@ def _relax(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> 
 def free_phase(model, x, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
         state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return _relax(model, x, state, dyn.T1, dyn, drive0=drive0)
+        return relax_phase(model, x, state, dyn.T1, dyn, drive0=drive0)
 
 
 def nudged_phase(model, x, y, start, beta: float, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
-        return _relax(model, x, list(start), dyn.T2, dyn, beta, y, drive0=drive0)
+        return relax_phase(model, x, list(start), dyn.T2, dyn, beta, y, drive0=drive0)
 
 
 def batch_nudged_pays(x, dyn: Dynamics) -> bool:
@@ -59,7 +64,7 @@ def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
                 nudged_phase(model, x, y, start, -beta, dyn, drive0))
     m = x.shape[0]
     with torch.no_grad():
-        both = _relax(model, None, [torch.cat([s, s]) for s in start], dyn.T2, dyn,
+        both = relax_phase(model, None, [torch.cat([s, s]) for s in start], dyn.T2, dyn,
                       torch.cat([x.new_full((m,), beta), x.new_full((m,), -beta)]), torch.cat([y, y]),
                       drive0=torch.cat([drive0, drive0]))
     plus = Relaxation([s[:m] for s in both.state], both.steps, both.residual)

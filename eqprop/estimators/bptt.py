@@ -3,7 +3,7 @@ steps with one, and the loss at the last step back-propagated through those T2 s
 import torch
 
 from eqprop.dynamics import relax
-from eqprop.estimators.base import Dynamics, Estimate
+from eqprop.estimators.base import Dynamics, Estimate, relax_phase
 
 
 class BPTT:
@@ -16,8 +16,8 @@ class BPTT:
             state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
             # the graph-free head takes the fast path; the paper's semantics (fixed T1, synchronous)
             # are kept so the gradient is the one of the dynamics the EP estimators run by default
-            head = relax(model, x, state, dyn.T1 - dyn.T2, drive0=model.input_drive(x),
-                         check_every=dyn.check_every, graph=dyn.graph)
+            head = relax_phase(model, x, state, dyn.T1 - dyn.T2, Dynamics(dyn.T1, dyn.T2, graph=dyn.graph,
+                                                                    channels_last=dyn.channels_last))
         with torch.enable_grad():
             tail = relax(model, x, [s.detach() for s in head.state], dyn.T2)
             loss = model.loss.cost(model.output(tail.state), y).mean()

@@ -52,8 +52,7 @@ class FastStepper:
     drive0: f_0(x); state: the starting state (copied, never written); beta: a float, or a tensor
     with one value per example; y: the targets when nudged. With `static=True` every input lives in
     a buffer owned by the stepper (refilled by `load`), which is what CUDA graph replay needs.
-    memory_format: of the 4-d state buffers; by default channels-last on CPU (see `choose_layout`)
-    and that of drive0 elsewhere.
+    memory_format: of the 4-d state buffers; by default that of drive0 (see `choose_layout`).
     """
 
     def __init__(self, model, drive0, state: Sequence[torch.Tensor], beta=0.0, y=None,
@@ -96,7 +95,8 @@ class FastStepper:
                                 ("b", k) if s_fb.needs_ctx else None, scratch))
         self.track = any(entry[2] is not None for entry in self.fb)
         choose_kernels([(syn[j], self.cur[j - 1].shape) for j in range(1, n)]
-                       + [(entry[0], self.cur[k].shape) for k, entry in enumerate(self.fb)], dev)
+                       + [(entry[0], self.cur[k].shape) for k, entry in enumerate(self.fb)], dev,
+                       memory_format is torch.channels_last)
         self.readout = syn[n] if model.loss.softmax_readout else None
         self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
         self.valid = set()  # keys of contexts computed from the current value of the layer they read
@@ -123,6 +123,8 @@ class FastStepper:
         elif drive0.dim() == 4 and self.memory_format is torch.channels_last:
             # once per relaxation, so that every step's arithmetic stays in one layout
             self.drive0 = drive0.contiguous(memory_format=torch.channels_last)
+        elif drive0.dim() == 4 and self.memory_format is not torch.channels_last:
+            self.drive0 = drive0.contiguous()
         else:
             self.drive0 = drive0
         if not self.nudged:
@@ -222,30 +224,34 @@ class FastStepper:
 
 
 def choose_layout(drive0):
-    """Channels-last for conv states on CPU: PyTorch's NCHW max-pool kernel on CPU is an order of
-    magnitude slower than its channels-last one, and oneDNN's convolutions are as fast or faster
-    (benchmarks/README.md). On GPUs the layout of drive0 is kept (channels-last when the model and
-    the input were converted by the caller)."""
-    if drive0.dim() != 4:
-        return torch.preserve_format
-    if drive0.device.type == "cpu":
-        return torch.channels_last
-    if not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
+    """Channels-last state buffers when drive0 is channels-last (the caller converted the model or
+    the input, or set Dynamics.channels_last), NCHW otherwise."""
+    if drive0.dim() == 4 and not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.preserve_format
 
 
-def choose_kernels(pairs, device):
-    """Pick the fast-path kernels of each conv synapse, given (synapse, input shape) pairs; chosen
-    from measurements with python -m eqprop.bench (benchmarks/README.md). On CPU the transpose is
-    the conv's own backward-data kernel (oneDNN), and a conv whose output map has at most 4
-    positions (the paper CNN's last conv, 4x4 -> 2x2) runs as one GEMM, which oneDNN does slower.
-    On GPUs: cuDNN's conv and transposed conv."""
+def choose_kernels(pairs, device, channels_last=False):
+    """Pick the fast-path kernels of each conv synapse, given (synapse, input shape) pairs.
+
+    Why these (measured with python -m eqprop.bench and the micro-benchmarks in benchmarks/README.md):
+    - CPU, NCHW (default): the kernels autograd of Phi uses (oneDNN forward conv and backward-data),
+      so states match the original way to the rounding of a few additions. That matters: a max-pool
+      window whose two largest inputs are within rounding of each other routes the feedback
+      elsewhere when a kernel rounds differently, and the paper CNN has many such near-ties (states
+      at exactly 0 under the hard sigmoid). Only the pooling goes through a channels-last copy.
+    - CPU, channels-last (opt-in): oneDNN's channels-last convolutions, and one GEMM for convs with
+      at most 4 output positions (the paper CNN's 4x4 -> 2x2 conv, which oneDNN runs slowly). Faster;
+      equal to the NCHW path up to near-tie routing (max difference ~1e-3 on the paper CNN).
+    - GPU: cuDNN's conv and transposed conv in either layout."""
     for syn, in_shape in pairs:
         if not isinstance(syn, ConvPool):
             continue
+        syn.pool_via_cl = False
         if device.type != "cpu":
             syn.fwd_impl, syn.bwd_impl = "conv", "convT"
+        elif not channels_last:
+            syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = "conv", "data", True
         elif math.prod(syn._conv_shape(in_shape)[2:]) <= 4:
             syn.fwd_impl, syn.bwd_impl = "gemm", "gemm"
         else:
