@@ -129,30 +129,27 @@ class EnergyNet(nn.Module):
         other synapses take one weight-gradient of the two states stacked along the batch. That is a
         quarter of autograd's work on the input synapse, where an MLP spends most of its FLOPs."""
         (s_a, beta_a), (s_b, beta_b) = a, b
-        n, syn = self.n_layers, self.synapses
+        n, syn, m = self.n_layers, self.synapses, x.shape[0]
+        scale = -1.0 / (denom * m)  # applied to the (small) state side, before the weight gradients
         with torch.no_grad():
-            sums = {}
-            ctx0 = syn[0].drive(x, ctx_only=True)[1]
-            sums[0] = syn[0].param_grads(x, s_a[0] - s_b[0], ctx0)
+            sums = {0: syn[0].param_grads(x, torch.sub(s_a[0], s_b[0]).mul_(scale),
+                                          syn[0].drive(x, ctx_only=True)[1])}
             for k in range(1, n):
                 src = torch.cat([s_a[k - 1], s_b[k - 1]])
-                sums[k] = syn[k].param_grads(src, torch.cat([s_a[k], -s_b[k]]), syn[k].drive(src, ctx_only=True)[1])
+                g = torch.cat([s_a[k] * scale, s_b[k] * -scale])
+                sums[k] = syn[k].param_grads(src, g, syn[k].drive(src, ctx_only=True)[1])
             if self.loss.softmax_readout and (beta_a != 0.0 or beta_b != 0.0):
                 # -beta C(W_out s + b_out, y) is the only term of Phi with the read-out's weights
                 readout = syn[n]
                 src = torch.cat([s_a[-1], s_b[-1]])
-                logits = readout.drive(src)[0]
-                g = self.loss.grad(logits, torch.cat([y, y]))
-                m = x.shape[0]
-                g = torch.cat([-beta_a * g[:m], beta_b * g[m:]])
+                g = self.loss.grad(readout.drive(src)[0], torch.cat([y, y]))
+                g = torch.cat([g[:m] * (-beta_a * scale), g[m:] * (beta_b * scale)])
                 sums[n] = readout.param_grads(src, g, readout.drive(src, ctx_only=True)[1])
-            scale = -1.0 / (denom * x.shape[0])
             grads = {}
             for k, s in enumerate(syn):
-                params = list(s.parameters())
                 got = sums.get(k)
-                for i, p in enumerate(params):
-                    grads[p] = torch.zeros_like(p) if got is None else (got[i] * scale).view_as(p)
+                for i, p in enumerate(s.parameters()):
+                    grads[p] = torch.zeros_like(p) if got is None else got[i].view_as(p)
         return {p: grads[p] for p in self.parameters()}
 
     def ep_grads_autograd(self, x, y, a, b, denom: float, free: Optional[State] = None):

@@ -62,8 +62,8 @@ class FastStepper:
         self.static = static
         if memory_format is None:
             memory_format = choose_layout(drive0)
-        self.cur = [s.detach().clone(memory_format=_fmt(s, memory_format)) for s in state]
-        self.nxt = [torch.empty_like(s) for s in self.cur]
+        self.cur = [_buffer(s, memory_format).copy_(s.detach()) for s in state]
+        self.nxt = [_buffer(s, memory_format) for s in state]
         self.batch = batch = self.cur[0].shape[0]
         dev, dt = self.cur[0].device, self.cur[0].dtype
         scale, post = split_activation(model.activation)
@@ -235,27 +235,42 @@ def choose_kernels(pairs, device, channels_last=False):
     """Pick the fast-path kernels of each conv synapse, given (synapse, input shape) pairs.
 
     Why these (measured with python -m eqprop.bench and the micro-benchmarks in benchmarks/README.md):
-    - CPU, NCHW (default): the kernels autograd of Phi uses (oneDNN forward conv and backward-data),
-      so states match the original way to the rounding of a few additions. That matters: a max-pool
-      window whose two largest inputs are within rounding of each other routes the feedback
-      elsewhere when a kernel rounds differently, and the paper CNN has many such near-ties (states
-      at exactly 0 under the hard sigmoid). Only the pooling goes through a channels-last copy.
-    - CPU, channels-last (opt-in): oneDNN's channels-last convolutions, and one GEMM for convs with
-      at most 4 output positions (the paper CNN's 4x4 -> 2x2 conv, which oneDNN runs slowly). Faster;
-      equal to the NCHW path up to near-tie routing (max difference ~1e-3 on the paper CNN).
+    - CPU, NCHW (default): the forward convs are autograd's (oneDNN), so states match the original
+      way to the rounding of a few additions. That matters: a max-pool window whose two largest
+      inputs are within rounding of each other routes the feedback elsewhere when a conv rounds
+      differently, and the paper CNN has many such near-ties. The transposes are oneDNN's
+      backward-data kernel, except for convs with at most 4 output positions (the paper CNN's
+      4x4 -> 2x2 conv), where one GEMM + fold is several times faster than oneDNN; a transpose only
+      feeds the states, not the pooling, so its rounding does not move the routing. The pooling
+      goes through a channels-last copy (PyTorch's NCHW max-pool kernel on CPU is slow).
+    - CPU, channels-last (opt-in): oneDNN's channels-last convolutions, and GEMMs both ways for the
+      tiny maps. Faster; equal to the NCHW path up to near-tie routing (max difference ~1e-3 on the
+      paper CNN).
     - GPU: cuDNN's conv and transposed conv in either layout."""
     for syn, in_shape in pairs:
         if not isinstance(syn, ConvPool):
             continue
         syn.pool_via_cl = False
+        tiny = math.prod(syn._conv_shape(in_shape)[2:]) <= 4
         if device.type != "cpu":
             syn.fwd_impl, syn.bwd_impl = "conv", "convT"
         elif not channels_last:
-            syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = "conv", "data", True
-        elif math.prod(syn._conv_shape(in_shape)[2:]) <= 4:
-            syn.fwd_impl, syn.bwd_impl = "gemm", "gemm"
+            syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = "conv", "gemm" if tiny else "data", True
         else:
-            syn.fwd_impl, syn.bwd_impl = "conv", "data"
+            syn.fwd_impl, syn.bwd_impl = ("gemm", "gemm") if tiny else ("conv", "data")
+
+
+NARROW = 32  # 2-d layers at most this wide are stored feature-major (see _buffer)
+
+
+def _buffer(like, fmt):
+    """An uninitialised state buffer shaped like `like`. A narrow 2-d layer (an output layer of
+    10 units) is stored feature-major, as the transposed view of a (width, batch) tensor: its drive
+    W s + b then comes from a GEMM with a long output dimension, which MKL runs ~2x faster than the
+    (batch, 10) one. Every consumer takes the (batch, width) view, whatever its strides."""
+    if like.dim() == 2 and like.shape[1] <= NARROW:
+        return torch.empty(like.shape[1], like.shape[0], device=like.device, dtype=like.dtype).t()
+    return torch.empty_like(like, memory_format=_fmt(like, fmt))
 
 
 def _fmt(t, fmt):

@@ -37,9 +37,18 @@ class Dense(MaskedInput, nn.Linear):
         return torch.Size(in_shape)
 
     def drive_into(self, s, out, idx=None, scale=1.0):
-        """out = scale * f(s)."""
+        """out = scale * f(s); `out` may be a feature-major (transposed) buffer."""
         if s.dim() != 2:
             s = s.flatten(1)
+        if out.stride(0) == 1 and out.shape[1] > 1:
+            # out^T = W s^T + b: the GEMM's long dimension is the batch
+            if self.bias is None:
+                torch.mm(self.weight, s.t(), out=out.t())
+                if scale != 1.0:
+                    out.mul_(scale)
+            else:
+                torch.addmm(self.bias.unsqueeze(1), self.weight, s.t(), beta=scale, alpha=scale, out=out.t())
+            return
         if self.bias is None:
             torch.mm(s, self.weight.t(), out=out)
             if scale != 1.0:
@@ -49,7 +58,7 @@ class Dense(MaskedInput, nn.Linear):
 
     def feedback_into(self, g, ctx, base, out, scale=1.0):
         """out = scale * (base + feedback(g)): one GEMM accumulating onto base, no temporary."""
-        if out.dim() == 2:
+        if out.dim() == 2 and out.is_contiguous():
             torch.addmm(base, g, self.weight, beta=scale, alpha=scale, out=out)
         elif out.is_contiguous() and base.is_contiguous():
             torch.addmm(base.view(base.shape[0], -1), g, self.weight, beta=scale, alpha=scale,
