@@ -67,6 +67,8 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     `state` is never modified.
     """
     _check_args(update, tol)
+    if check_every is not None and check_every < 1:
+        raise ValueError(f"dynamics.check_every={check_every!r} must be >= 1 (steps between convergence checks)")
     if drive0 is None:
         drive0 = model.input_drive(x)
     if not fast or needs_graph(model, state) or has_masks(model):  # dropout: the definitional path

@@ -185,6 +185,8 @@ def test_bad_options_are_refused_clearly():
         relax(model, x, state, 3, update="gauss-seidel")
     with pytest.raises(ValueError, match="dynamics.tol"):
         relax(model, x, state, 3, tol=-1.0)
+    with pytest.raises(ValueError, match="check_every"):
+        relax(model, x, state, 3, tol=1e-3, check_every=0)
     with pytest.raises(ValueError, match="per-example beta"):
         relax(model, x, state, 3, torch.ones(x.shape[0]), y, fast=False)
 

@@ -22,7 +22,7 @@ class Dynamics:
     update: str = "sync"
     tol: float = 0.0
     check_every: Optional[int] = None   # steps between convergence checks (None: 1 on CPU, 10 on GPU)
-    batch_nudged: Optional[bool] = None  # run +beta and -beta as one batch (None: when it pays)
+    batch_nudged: bool = True            # run the +beta and -beta phases as one relaxation of twice the batch
     graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
     channels_last: bool = False          # conv states channels-last: faster, rounds differently (fast.choose_kernels)
 
@@ -47,26 +47,21 @@ def nudged_phase(model, x, y, start, beta: float, dyn: Dynamics, drive0=None) ->
         return relax_phase(model, x, list(start), dyn.T2, dyn, beta, y, drive0=drive0)
 
 
-def batch_nudged_pays(x, dyn: Dynamics) -> bool:
-    """Whether one relaxation of the +beta and -beta phases stacked along the batch beats two.
-
-    Measured with `python -m eqprop.bench` (benchmarks/README.md): it pays where a step costs
-    per-call overhead more than arithmetic (small nets, small batches, GPUs)."""
-    if dyn.batch_nudged is not None:
-        return dyn.batch_nudged
-    return x.is_cuda or x[0].numel() * x.shape[0] <= 2 ** 17
-
-
 def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
-    """The +beta and -beta nudged phases from `start`: two Relaxations (batched when it pays)."""
-    if has_masks(model) or not batch_nudged_pays(x, dyn):
+    """The +beta and -beta nudged phases from `start`: two Relaxations.
+
+    Batched (the default), they are one relaxation of twice the batch with a per-example beta: half
+    the per-step overhead for small nets, and larger GEMMs/convolutions for big ones (measured with
+    python -m eqprop.bench, benchmarks/README.md). With a tolerance both halves then stop together,
+    when the slower one has converged. Dropout masks take the definitional (unbatched) path."""
+    if has_masks(model) or not dyn.batch_nudged:
         return (nudged_phase(model, x, y, start, beta, dyn, drive0),
                 nudged_phase(model, x, y, start, -beta, dyn, drive0))
     m = x.shape[0]
     with torch.no_grad():
         both = relax_phase(model, None, [torch.cat([s, s]) for s in start], dyn.T2, dyn,
-                      torch.cat([x.new_full((m,), beta), x.new_full((m,), -beta)]), torch.cat([y, y]),
-                      drive0=torch.cat([drive0, drive0]))
+                           torch.cat([x.new_full((m,), beta), x.new_full((m,), -beta)]), torch.cat([y, y]),
+                           drive0=torch.cat([drive0, drive0]))
     plus = Relaxation([s[:m] for s in both.state], both.steps, both.residual)
     minus = Relaxation([s[m:] for s in both.state], both.steps, both.residual)
     return plus, minus
