@@ -120,11 +120,10 @@ class FastStepper:
         if self.static:
             if drive0 is not self.drive0:
                 self.drive0.copy_(drive0)
-        elif drive0.dim() == 4 and self.memory_format is torch.channels_last:
-            # once per relaxation, so that every step's arithmetic stays in one layout
-            self.drive0 = drive0.contiguous(memory_format=torch.channels_last)
-        elif drive0.dim() == 4 and self.memory_format is not torch.channels_last:
-            self.drive0 = drive0.contiguous()
+        elif drive0.dim() == 4:
+            # once per relaxation, so that every step's arithmetic stays in the buffers' layout
+            self.drive0 = drive0.contiguous(memory_format=torch.channels_last if self.memory_format is
+                                            torch.channels_last else torch.contiguous_format)
         else:
             self.drive0 = drive0
         if not self.nudged:
@@ -156,10 +155,10 @@ class FastStepper:
 
         Layers go top-down, so the drive of layer k + 1 (computed from layer k) has left the pool
         indices that route the feedback into layer k by the time layer k is updated."""
-        order = self.orders.get(layers if layers is None else tuple(layers))
+        key = None if layers is None else tuple(layers)
+        order = self.orders.get(key)
         if order is None:
-            order = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
-            self.orders[layers if layers is None else tuple(layers)] = order
+            order = self.orders[key] = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
         n, cur, nxt, syn, valid, track = self.n, self.cur, self.nxt, self.syn, self.valid, self.track
         for k in order:
             out, scale = nxt[k], self.scale[k]
