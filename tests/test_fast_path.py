@@ -26,6 +26,11 @@ CASES = [
                            "paddings": [1, 1, 1], "pools": "mmi", "fc": [6, 5], "in_size": 12}),
     ("vf_cnn", "mse", False, {"pools": "mm"}),
     ("vf_cnn", "cel", True, {"pools": "am"}),
+    # appended (tests index the cases above): dense layers with scaled weight copies
+    ("mlp", "cel", True, {"archi": [12, 9, 40, 5]}),  # a middle dense layer; a wide (batch-major) top
+    ("vf_mlp", "mse", False, {"archi": [12, 9, 8, 5]}),
+    ("mlp", "mse", False, {"activation": "my_sigmoid"}),  # scale 4 folded into the weights
+    ("mlp", "mse", False, {"activation": "tanh"}),
 ]
 IDS = [f"{c[0]}-{c[1]}{'-readout' if c[2] else ''}-{i}" for i, c in enumerate(CASES)]
 ATOL = 1e-10
@@ -120,6 +125,24 @@ def test_channels_last_buffers_give_the_same_states():
         want = relax_stepwise(model, x, state, 6, 0.5, y).state
     assert st.state[0].is_contiguous(memory_format=torch.channels_last)
     assert close(st.state, want)
+
+
+def test_static_stepper_rescales_dense_weights_on_every_load():
+    """Dense layers run on copies of the weights scaled by the activation's scale; a static
+    stepper (CUDA graph replay) must refresh them from in-place optimiser updates at each load."""
+    model, x, y, state = setup(CASES[14])
+    with torch.no_grad():
+        drive0 = model.input_drive(x)
+        st = FastStepper(model, drive0, state, 0.5, y, static=True)
+        for p in model.parameters():
+            p.mul_(1.5).add_(0.1)
+        drive0 = model.input_drive(x)
+        st.load(drive0, state, 0.5, y)
+        for _ in range(3):
+            st.step()
+        want = relax_stepwise(model, x, state, 3, 0.5, y).state
+    assert all(p is not None for p in st.dense)
+    assert close(st.state, want), maxdiff(st.state, want)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
