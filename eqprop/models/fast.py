@@ -184,7 +184,7 @@ class FastStepper:
                 got.append(src.detach() if buf is None and src is not None else buf)
             w, b, wb = got
             self.dense_params.append((w, b, None if b is None else b.unsqueeze(1), wb))
-        if self.dense[0] is not None and self.n > 1:
+        if self.dense[0] is not None:
             scale = self.scale[0]
             if scale == 1.0 and self.drive0.stride() == self.cur[0].stride():
                 self.base0 = self.drive0
@@ -192,34 +192,46 @@ class FastStepper:
                 if self.base0 is None or not self.static:
                     self.base0 = torch.empty_like(self.cur[0])  # the layout of layer 0's buffers
                 torch.mul(self.drive0, scale, out=self.base0)
+        self.dense_fn = [None if p is None else self._dense_fn(k, *p) for k, p in enumerate(self.dense_params)]
 
-    def _dense_update(self, k, out):
-        """out = scale * (W_k s_{k-1} + b_k + W_fb^T s_{k+1}) for a dense layer, before the nudge."""
-        w, b, bcol, wb = self.dense_params[k]
-        cur = self.cur
-        if out.stride(0) == 1 and out.shape[1] > 1:  # feature-major (see _buffer): out^T = W s^T + ...
-            o = out.t()
+    def _dense_fn(self, k, w, b, bcol, wb):
+        """The update of dense layer k as a closure (cur, out) -> None over fixed tensors:
+        out = scale * (W_k s_{k-1} + b_k + W_fb^T s_{k+1}), before the nudge and the activation.
+        Built once per load, so a step pays one Python call per layer, not the branching."""
+        addmm, mm, top = torch.addmm, torch.mm, k + 1 == self.n
+        if self.cur[k].stride(0) == 1 and self.cur[k].shape[1] > 1:
+            # feature-major (see _buffer): the transposed equation out^T = W s^T + ...
             if k == 0:
-                torch.addmm(self.base0.t(), wb.t(), cur[1].t(), out=o)
-                return
-            src = cur[k - 1] if cur[k - 1].dim() == 2 else cur[k - 1].flatten(1)
-            if b is None:
-                torch.mm(w, src.t(), out=o)
-            else:
-                torch.addmm(bcol, w, src.t(), out=o)
-            if k + 1 < self.n:
-                o.addmm_(wb.t(), cur[k + 1].t())
-            return
+                base_t, wb_t = self.base0.t(), wb.t()
+                return lambda cur, out: addmm(base_t, wb_t, cur[1].t(), out=out.t())
+            wb_t = None if top else wb.t()
+
+            def fm(cur, out):
+                src, o = cur[k - 1], out.t()
+                src = src.flatten(1).t() if src.dim() != 2 else src.t()
+                if b is None:
+                    mm(w, src, out=o)
+                else:
+                    addmm(bcol, w, src, out=o)
+                if wb_t is not None:
+                    o.addmm_(wb_t, cur[k + 1].t())
+            return fm
         if k == 0:
-            torch.addmm(self.base0, cur[1], wb, out=out)
-            return
-        src = cur[k - 1] if cur[k - 1].dim() == 2 else cur[k - 1].flatten(1)
-        if b is None:
-            torch.mm(src, w.t(), out=out)
-        else:
-            torch.addmm(b, src, w.t(), out=out)
-        if k + 1 < self.n:
-            out.addmm_(cur[k + 1], wb)
+            base = self.base0
+            return lambda cur, out: addmm(base, cur[1], wb, out=out)
+        w_t = w.t()
+
+        def bm(cur, out):
+            src = cur[k - 1]
+            if src.dim() != 2:
+                src = src.flatten(1)
+            if b is None:
+                mm(src, w_t, out=out)
+            else:
+                addmm(b, src, w_t, out=out)
+            if not top:
+                out.addmm_(cur[k + 1], wb)
+        return bm
 
     @property
     def state(self) -> list:
@@ -236,11 +248,12 @@ class FastStepper:
         if order is None:
             order = self.orders[key] = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
         n, cur, nxt, syn, valid, track = self.n, self.cur, self.nxt, self.syn, self.valid, self.track
-        dense = self.dense
+        dense = self.dense_fn
         for k in order:
             out, scale = nxt[k], self.scale[k]
-            if dense[k] is not None:
-                self._dense_update(k, out)
+            fn = dense[k]
+            if fn is not None:
+                fn(cur, out)
                 if k == n - 1 and self.nudged:
                     self._nudge(out, cur[k])
             elif k + 1 < n:
