@@ -82,6 +82,11 @@ class DynamicsConfig:
     T2: int = 10
     update: str = "sync"                     # sync (paper) | async (even then odd layers)
     tol: float = 0.0                         # > 0: stop a phase once max |ds| < tol (T is the cap)
+    check_every: Optional[int] = None        # steps between tol checks (None: 1 on CPU, 10 on CUDA)
+    batch_nudged: bool = True                # +beta and -beta phases as one relaxation of 2x the batch
+    graph: bool = False                      # CUDA graphs for the relaxation loop (ignored off CUDA)
+    channels_last: bool = False              # conv states channels-last (faster, other rounding)
+    tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs/matmuls
 
 
 @dataclass
@@ -252,6 +257,11 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     _expect(isinstance(dy.T2, int) and dy.T2 > 0, f"dynamics.T2={dy.T2!r} must be a positive integer (steps of the nudged phase)")
     _expect(dy.update in ("sync", "async"), f"dynamics.update={dy.update!r} must be sync or async")
     _expect(dy.tol >= 0, f"dynamics.tol={dy.tol!r} must be >= 0 (0 disables the convergence stop)")
+    _expect(dy.check_every is None or (isinstance(dy.check_every, int) and dy.check_every >= 1),
+            f"dynamics.check_every={dy.check_every!r} must be null (auto) or an integer >= 1 "
+            "(steps between convergence checks)")
+    _expect(not dy.tf32 or cfg.dtype == "float32",
+            f"dynamics.tf32=true needs dtype=float32 (TF32 rounds float32 products; dtype={cfg.dtype})")
     _expect(e.name in ESTIMATORS, f"estimator.name={e.name!r} is not known; expected one of {sorted(ESTIMATORS)}")
     if e.name in EP_ESTIMATORS:
         _expect(_positive(e.beta),

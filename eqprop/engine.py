@@ -21,6 +21,7 @@ from tqdm import tqdm
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, RunConfig
 from eqprop.data import Batches, epoch_seed
+from eqprop.dynamics import set_tf32
 from eqprop.estimators import Dynamics, build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
@@ -98,7 +99,10 @@ class Run:
         self.model.to(device=device, dtype=self.dtype)
         self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
         d = cfg.dynamics
-        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol)
+        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged,
+                            d.graph and device.type == "cuda", d.channels_last)
+        if device.type == "cuda":
+            set_tf32(d.tf32)  # explicit either way: this torch's cuDNN default is TF32 on
         self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)
         if data:
             train, test = build_task(cfg.task)

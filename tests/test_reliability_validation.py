@@ -16,6 +16,9 @@ from tests.launch_utils import ROOT, launch_cli
 BAD = {
     "T1 zero": (["dynamics.T1=0"], ["dynamics.T1=0", "must be a positive integer"]),
     "T2 negative": (["dynamics.T2=-3"], ["dynamics.T2=-3", "must be a positive integer"]),
+    "check_every zero": (["dynamics.tol=1e-4", "dynamics.check_every=0"],
+                         ["dynamics.check_every=0", "integer >= 1"]),
+    "tf32 with float64": (["dynamics.tf32=true", "dtype=float64"], ["dynamics.tf32=true needs dtype=float32"]),
     "T2 > T1 for bptt": (["estimator=bptt", "dynamics.T1=5", "dynamics.T2=8"],
                          ["dynamics.T2=8 must be <= dynamics.T1=5 for bptt"]),
     "beta zero": (["estimator=symmetric", "estimator.beta=0"], ["estimator.beta=0", "must be > 0"]),

@@ -75,3 +75,25 @@ def test_gducheck_writes_json_and_figure(tmp_path):
     for m in g["metrics"].values():
         assert 0.0 <= m["rmse"] <= 1.0 and 0.0 <= m["sign_error"] <= 1.0
     assert (tmp_path / "gdu.png").stat().st_size > 0
+
+
+def test_dynamics_options_reach_the_run_and_its_logged_steps(tmp_path):
+    """async + tol stop the phases early (steps logged per epoch, under the caps); check_every
+    rounds the stop up to its multiples; the unbatched nudged phases give the same numbers as the
+    batched ones."""
+    common = TINY[:4] + ["device=cpu", "dynamics.T1=40", "dynamics.T2=20"]
+    early = ["dynamics.update=async", "dynamics.tol=1e-3"]
+    m1 = read_metrics(_run(common + early, tmp_path / "a"))
+    m4 = read_metrics(_run(common + early + ["dynamics.check_every=4"], tmp_path / "b"))
+    assert 0 < m1[-1]["steps_free"] < 40 and 0 < m1[-1]["steps_nudged"] < 20
+    assert m1[-1]["steps_free"] <= m4[-1]["steps_free"] < m1[-1]["steps_free"] + 4
+    batched = read_metrics(_run(common, tmp_path / "c"))
+    separate = read_metrics(_run(common + ["dynamics.batch_nudged=false"], tmp_path / "d"))
+    assert batched[-1]["steps_free"] == 40 and batched[-1]["steps_nudged"] == 20
+    assert abs(batched[-1]["train_loss"] - separate[-1]["train_loss"]) < 1e-5
+    assert batched[-1]["test_acc"] == separate[-1]["test_acc"]
+
+
+def _run(overrides, run_dir):
+    run_inprocess(overrides, run_dir)
+    return run_dir

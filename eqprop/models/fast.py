@@ -312,8 +312,14 @@ class FastStepper:
             out.add_(g, alpha=self.neg_beta)
 
     def residual(self) -> torch.Tensor:
-        """Largest |change| made by the last full step (every layer updated once since), on device."""
-        return torch.stack([(c - p).abs().amax() for c, p in zip(self.cur, self.nxt)]).amax()
+        """Largest |change| made by the last full step (every layer updated once since), on device.
+
+        One fused sub-abs-max reduction per layer (torch.dist with p = inf): the check runs as often
+        as every step on CPU, where a naive sub / abs / amax chain costs about half a small net's step."""
+        cur, nxt = self.cur, self.nxt
+        if self.n == 1:
+            return torch.dist(cur[0], nxt[0], math.inf)
+        return torch.stack([torch.dist(c, p, math.inf) for c, p in zip(cur, nxt)]).amax()
 
 
 def choose_layout(drive0):
