@@ -82,7 +82,7 @@ class DynamicsConfig:
     T2: int = 10
     update: str = "sync"                     # sync (paper) | async (even then odd layers)
     tol: float = 0.0                         # > 0: stop a phase once max |ds| < tol (T is the cap)
-    check_every: Optional[int] = None        # steps between tol checks (None: 1 on CPU, 10 on CUDA)
+    check_every: Optional[int] = None        # steps between tol checks (None: CUDA 10, CPU 5 dense / 1 conv)
     batch_nudged: bool = True                # +beta and -beta phases as one relaxation of 2x the batch
     graph: bool = False                      # CUDA graphs for the relaxation loop (ignored off CUDA)
     channels_last: bool = False              # conv states channels-last (faster, other rounding)

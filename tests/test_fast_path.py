@@ -87,9 +87,12 @@ def test_batched_plus_minus_beta_equals_separate(case, update):
 def test_tolerance_stops_where_stepwise_does(case, update):
     model, x, y, state = setup(case)
     with torch.no_grad():
-        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
+        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=1)
         slow = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
-        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6)
+        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6, check_every=1)
+        every3 = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3)
+        slow3 = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3)
+    assert every3.steps == slow3.steps and every3.steps % 3 == 0 and fast.steps <= every3.steps < fast.steps + 3
     assert fast.steps == slow.steps < 200
     assert fast.residual < 1e-6 and abs(fast.residual - slow.residual) < 1e-12
     assert close(fast.state, slow.state)
@@ -300,3 +303,16 @@ def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout
                 st.step(layers)
             want = relax_stepwise(model, x, state, 3, 0.6, y, update=update).state
             assert close(st.state, want), (update, maxdiff(st.state, want))
+
+
+def test_default_check_every_follows_the_cost_of_a_step():
+    """Auto cadence: every 5 steps for dense nets on CPU (a check costs ~1/4 of their step),
+    every step for conv nets on CPU, every 10 on CUDA (a check syncs the queue)."""
+    from eqprop.dynamics import default_check_every
+    mlp, cnn = setup(CASES[0])[0], setup(CASES[6])[0]
+    assert default_check_every("cpu", mlp) == 5 and default_check_every("cpu", cnn) == 1
+    assert default_check_every("cuda", mlp) == default_check_every("cuda", cnn) == 10
+    model, x, y, state = setup(CASES[0])
+    with torch.no_grad():
+        auto = relax(model, x, state, 200, 0.3, y, tol=1e-6)
+    assert auto.steps % 5 == 0

@@ -83,7 +83,7 @@ def test_dynamics_options_reach_the_run_and_its_logged_steps(tmp_path):
     batched ones."""
     common = TINY[:4] + ["device=cpu", "dynamics.T1=40", "dynamics.T2=20"]
     early = ["dynamics.update=async", "dynamics.tol=1e-3"]
-    m1 = read_metrics(_run(common + early, tmp_path / "a"))
+    m1 = read_metrics(_run(common + early + ["dynamics.check_every=1"], tmp_path / "a"))
     m4 = read_metrics(_run(common + early + ["dynamics.check_every=4"], tmp_path / "b"))
     assert 0 < m1[-1]["steps_free"] < 40 and 0 < m1[-1]["steps_nudged"] < 20
     assert m1[-1]["steps_free"] <= m4[-1]["steps_free"] < m1[-1]["steps_free"] + 4

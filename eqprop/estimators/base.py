@@ -21,7 +21,7 @@ class Dynamics:
     T2: int
     update: str = "sync"
     tol: float = 0.0
-    check_every: Optional[int] = None   # steps between convergence checks (None: 1 on CPU, 10 on GPU)
+    check_every: Optional[int] = None   # steps between convergence checks (None: dynamics.default_check_every)
     batch_nudged: bool = True            # run the +beta and -beta phases as one relaxation of twice the batch
     graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
     channels_last: bool = False          # conv states channels-last: faster, rounds differently (fast.choose_kernels)

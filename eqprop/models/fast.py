@@ -314,12 +314,14 @@ class FastStepper:
     def residual(self) -> torch.Tensor:
         """Largest |change| made by the last full step (every layer updated once since), on device.
 
-        One fused sub-abs-max reduction per layer (torch.dist with p = inf): the check runs as often
-        as every step on CPU, where a naive sub / abs / amax chain costs about half a small net's step."""
-        cur, nxt = self.cur, self.nxt
-        if self.n == 1:
-            return torch.dist(cur[0], nxt[0], math.inf)
-        return torch.stack([torch.dist(c, p, math.inf) for c, p in zip(cur, nxt)]).amax()
+        sub / in-place abs / amax per layer, combined on device (one host sync for the caller):
+        measured ~4x cheaper than torch.dist(..., inf), whose norm kernel is slow on CPU, and the
+        check may run every step."""
+        out = None
+        for c, p in zip(self.cur, self.nxt):
+            r = torch.sub(c, p).abs_().amax()
+            out = r if out is None else torch.maximum(out, r)
+        return out
 
 
 def choose_layout(drive0):
