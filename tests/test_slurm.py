@@ -135,10 +135,11 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
     epochs = 5
     # three identical jobs (they differ only in a label). Mid-epoch 2, job 0 is requeued by SLURM
     # (SIGTERM, as on pre-emption) and job 1 gets the time-limit warning that SLURM sends
-    # signal_delay_s before the limit (USR2); job 2 runs undisturbed. ~1,000 examples at T1=100
-    # take a few seconds per epoch, so both land mid-run.
+    # signal_delay_s before the limit (USR2); job 2 runs undisturbed. ~1,000 examples at T1=1500
+    # take ~5 s per epoch on the fast path (T1=100 took 0.5 s, and the signals, sent one after the
+    # other, landed after epoch 2), so both land mid-run.
     args = ["task=digits", "task.limit_train=1024", "task.limit_test=100", "task.batch_size=32",
-            "dynamics.T1=100", "dynamics.T2=5", f"epochs={epochs}", "device=cpu",
+            "dynamics.T1=1500", "dynamics.T2=5", f"epochs={epochs}", "device=cpu",
             "+sweep.copy=requeued,timed_out,reference", *SMALL_JOB, f"hydra.sweep.dir={sweep_dir}"]
     stop = {0: ["scontrol", "requeue"], 1: ["scancel", "--signal=USR2"]}
     log = open(tmp_path / "launcher.log", "w")
@@ -153,7 +154,7 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
                 task = _task(sweep_dir, job)
                 # the job's own log says when epoch 1 is over (metrics, checkpoint and plots written)
                 if task and "[eqprop] epoch 1/" in _log(sweep_dir, task):
-                    time.sleep(read_metrics(sweep_dir / str(job))[0]["seconds"] / 3)  # a third into epoch 2
+                    time.sleep(read_metrics(sweep_dir / str(job))[0]["seconds"] / 5)  # a fifth into epoch 2
                     subprocess.run(cmd + [task], env=slurm, check=True, timeout=30)
                     assert len(read_metrics(sweep_dir / str(job))) < epochs, "the job was over; make it slower"
                     del stop[job]
