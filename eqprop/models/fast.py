@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from eqprop import activations as A
 from eqprop.models.synapses import ConvPool, Dense
 
-# sigma(x) = post(scale * x): the scale folds into the GEMM that finishes a pre-activation (addmm's
-# alpha and beta), the rest runs in place. (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and
-# sigmoid(4 (x - 0.5)) == sigmoid(4 x - 2), up to the rounding of one subtraction.
+# sigma(x) = post(scale * x): the scale folds into the weights of dense layers (scaled copies, see
+# FastStepper._dense_plan) or into the last op of a conv layer's pre-activation; post runs in place.
+# (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and sigmoid(4 (x - 0.5)) == sigmoid(4 x - 2), up to
+# the rounding of one subtraction.
 _SPLIT = {
     A.my_hard_sig: (0.5, lambda t: t.clamp_(0.0, 1.0)),
     A.hard_sigmoid: (1.0, lambda t: t.clamp_(0.0, 1.0)),
@@ -172,18 +173,6 @@ class FastStepper:
     def _refresh_dense(self):
         """Fill the scaled copies from the current parameters and input drive (every `load`, so a
         replayed CUDA graph sees the optimiser's in-place updates)."""
-        self.dense_params = []
-        for k, plan in enumerate(self.dense):
-            if plan is None:
-                self.dense_params.append(None)
-                continue
-            got = []
-            for src, buf in plan:
-                if buf is not None:
-                    torch.mul(src.detach(), self.scale[k], out=buf)
-                got.append(src.detach() if buf is None and src is not None else buf)
-            w, b, wb = got
-            self.dense_params.append((w, b, None if b is None else b.unsqueeze(1), wb))
         if self.dense[0] is not None:
             scale = self.scale[0]
             if scale == 1.0 and self.drive0.stride() == self.cur[0].stride():
@@ -192,13 +181,24 @@ class FastStepper:
                 if self.base0 is None or not self.static:
                     self.base0 = torch.empty_like(self.cur[0])  # the layout of layer 0's buffers
                 torch.mul(self.drive0, scale, out=self.base0)
-        self.dense_fn = [None if p is None else self._dense_fn(k, *p) for k, p in enumerate(self.dense_params)]
+        self.dense_fn = []
+        for k, plan in enumerate(self.dense):
+            if plan is None:
+                self.dense_fn.append(None)
+                continue
+            got = []
+            for src, buf in plan:
+                if buf is not None:
+                    torch.mul(src.detach(), self.scale[k], out=buf)
+                got.append(src.detach() if buf is None and src is not None else buf)
+            self.dense_fn.append(self._dense_fn(k, *got))
 
-    def _dense_fn(self, k, w, b, bcol, wb):
+    def _dense_fn(self, k, w, b, wb):
         """The update of dense layer k as a closure (cur, out) -> None over fixed tensors:
         out = scale * (W_k s_{k-1} + b_k + W_fb^T s_{k+1}), before the nudge and the activation.
         Built once per load, so a step pays one Python call per layer, not the branching."""
         addmm, mm, top = torch.addmm, torch.mm, k + 1 == self.n
+        bcol = None if b is None else b.unsqueeze(1)
         if self.cur[k].stride(0) == 1 and self.cur[k].shape[1] > 1:
             # feature-major (see _buffer): the transposed equation out^T = W s^T + ...
             if k == 0:
