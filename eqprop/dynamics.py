@@ -32,11 +32,13 @@ class Relaxation:
     residual: float     # largest |s_t - s_{t-1}| at the last check (nan when not measured)
 
 
-def _check_args(update: str, tol: float):
+def _check_args(update: str, tol: float, check_every: Optional[int]):
     if update not in UPDATES:
         raise ValueError(f"dynamics.update={update!r} must be one of {list(UPDATES)}")
     if not tol >= 0.0:
         raise ValueError(f"dynamics.tol={tol!r} must be >= 0 (0 runs all T steps)")
+    if check_every is not None and check_every < 1:
+        raise ValueError(f"dynamics.check_every={check_every!r} must be >= 1 (steps between convergence checks)")
 
 
 def _parities(n: int, update: str):
@@ -77,9 +79,7 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     fast=False forces the step-by-step reference path; graph=True uses CUDA graphs on CUDA tensors.
     `state` is never modified.
     """
-    _check_args(update, tol)
-    if check_every is not None and check_every < 1:
-        raise ValueError(f"dynamics.check_every={check_every!r} must be >= 1 (steps between convergence checks)")
+    _check_args(update, tol, check_every)
     if drive0 is None:
         drive0 = model.input_drive(x)
     if check_every is None:
@@ -114,7 +114,7 @@ def relax_stepwise(model, x, state, T: int, beta: float = 0.0, y=None, *, drive0
                    update: str = "sync", tol: float = 0.0, check_every: int = 1) -> Relaxation:
     """`relax` by `model.step`, one allocating step at a time: differentiable (BPTT) and the
     reference for the fast path (the same stopping rule: checks at multiples of check_every, and T)."""
-    _check_args(update, tol)
+    _check_args(update, tol, check_every)
     if drive0 is None:
         drive0 = model.input_drive(x)
     parities = _parities(model.n_layers, update)

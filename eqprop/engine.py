@@ -99,8 +99,8 @@ class Run:
         self.model.to(device=device, dtype=self.dtype)
         self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
         d = cfg.dynamics
-        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged,
-                            d.graph and device.type == "cuda", d.channels_last)
+        # graph is ignored off CUDA by relax itself
+        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last)
         if device.type == "cuda":
             set_tf32(d.tf32)  # explicit either way: this torch's cuDNN default is TF32 on
         self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)
