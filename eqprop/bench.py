@@ -274,6 +274,15 @@ def hardware(device):
         return platform.processor() or platform.machine()
 
 
+def native_status(wanted: bool) -> str:
+    """What relaxes the dense nets: recorded with the numbers."""
+    if not wanted:
+        return "off (torch ops)"
+    from eqprop.kernels import build
+    lib = build.load()
+    return f"compiled: {lib._name}" if lib is not None else f"unavailable, torch ops: {build.error()}"
+
+
 def run_config(name, cfg, device, repeat, dyn_kw, log, quiet=(0.0, 0.0)):
     model, x, y = build(cfg["model"], cfg["batch"], device)
     ref = Reference(model)
@@ -367,6 +376,8 @@ def main(argv=None):
     ap.add_argument("--graph", action="store_true", help="CUDA graphs for eqprop's relaxation (CUDA only)")
     ap.add_argument("--channels-last", action="store_true",
                     help="eqprop's conv states channels-last (faster on CPU; rounds differently, see README)")
+    ap.add_argument("--native", default="on", choices=["on", "off"],
+                    help="eqprop relaxes dense nets on CPU with its compiled kernel (default on; off: torch ops)")
     ap.add_argument("--out", default="bench.json", help="JSON results file ('' to skip)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each timed pair, wait until no other process has been runnable for S seconds "
@@ -384,7 +395,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dyn_kw = {"update": args.update, "graph": args.graph, "channels_last": args.channels_last,
-              "batch_nudged": args.batch_nudged == "on"}
+              "batch_nudged": args.batch_nudged == "on", "native": args.native == "on"}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -394,11 +405,12 @@ def main(argv=None):
         "hardware": hardware(device), "threads": torch.get_num_threads(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": args.quick, "dtype": "float32", "update": args.update, "batch_nudged": args.batch_nudged,
+        "native": args.native, "native_kernel": native_status(args.native == "on"),
         "graph": args.graph, "channels_last": args.channels_last, "command": "python -m eqprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     log(f"eqprop.bench: torch {meta['torch']}, {meta['device']} ({meta['hardware']}), "
-        f"{meta['threads']} threads, {meta['date']}")
+        f"{meta['threads']} threads, {meta['date']}; native dense kernel: {meta['native_kernel']}")
     if args.quick:
         log(f"QUICK MODE: T1/T2 cut to {QUICK_T}; not the paper's settings")
     rows = []

@@ -87,6 +87,7 @@ class DynamicsConfig:
     graph: bool = False                      # CUDA graphs for the relaxation loop (ignored off CUDA)
     channels_last: bool = False              # conv states channels-last (faster, other rounding)
     tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs/matmuls
+    native: bool = True                      # CPU dense nets: the compiled kernel (eqprop/kernels)
 
 
 @dataclass

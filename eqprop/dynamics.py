@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from eqprop.kernels.dense import NativeDense
 from eqprop.models.dropout import has_masks
 from eqprop.models.fast import FastStepper
 from eqprop.models.synapses import ConvPool
@@ -68,7 +69,7 @@ def needs_graph(model, state) -> bool:
 
 def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str = "sync",
           tol: float = 0.0, check_every: Optional[int] = None, fast: bool = True,
-          graph: bool = False) -> Relaxation:
+          graph: bool = False, native: bool = True) -> Relaxation:
     """Run up to T steps of the dynamics from `state` with nudging `beta` towards `y`.
 
     update='sync': every layer from the previous state (the paper's scheme).
@@ -76,7 +77,8 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     tol > 0: stop once the largest state change of a step falls below tol (checked every
     `check_every` steps; T stays the cap).
     beta may be a tensor with one value per example (fast path only), e.g. +beta and -beta halves.
-    fast=False forces the step-by-step reference path; graph=True uses CUDA graphs on CUDA tensors.
+    fast=False forces the step-by-step reference path; graph=True uses CUDA graphs on CUDA tensors;
+    native=True runs dense nets on CPU through the compiled kernel (eqprop/kernels) when it applies.
     `state` is never modified.
     """
     _check_args(update, tol, check_every)
@@ -93,7 +95,25 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
         return GraphedRelax.get(model, drive0, state, beta, update).run(
             drive0, state, beta, y, T, tol, check_every)
     stepper = FastStepper(model, drive0, state, beta, y)
+    kernel = NativeDense.build(stepper) if native else None
+    if kernel is not None:
+        return _run_native(kernel, T, update, tol, check_every)
     return _run(stepper, model.n_layers, T, update, tol, check_every)
+
+
+def _run_native(kernel, T, update, tol, check_every) -> Relaxation:
+    """`_run` with the compiled kernel: all T steps in one call, or, with a tolerance, one call per
+    `check_every` steps (the same checks, at the same steps)."""
+    done, residual = 0, float("nan")
+    while done < T:
+        chunk = T - done if tol == 0.0 else min(check_every - done % check_every, T - done)
+        r = kernel.run(chunk, update)
+        done += chunk
+        if tol > 0.0:
+            residual = r
+            if residual < tol:
+                break
+    return Relaxation(kernel.stepper.state, done, residual)
 
 
 def _run(stepper, n, T, update, tol, check_every) -> Relaxation:

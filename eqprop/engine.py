@@ -100,7 +100,8 @@ class Run:
         self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
         d = cfg.dynamics
         # graph is ignored off CUDA by relax itself
-        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last)
+        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last,
+                            d.native)
         if device.type == "cuda":
             set_tf32(d.tf32)  # explicit either way: this torch's cuDNN default is TF32 on
         self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)

@@ -52,45 +52,49 @@ def setup(case, n=5):
     return model, x, y, state
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("update", ["sync", "async"])
 @pytest.mark.parametrize("beta", [0.0, 0.7, -0.4])
-def test_fast_relax_equals_stepwise(case, update, beta):
+def test_fast_relax_equals_stepwise(case, update, beta, native):
     model, x, y, state = setup(case)
     before = [s.clone() for s in state]
     with torch.no_grad():
-        fast = relax(model, x, state, 9, beta, y, update=update)
+        fast = relax(model, x, state, 9, beta, y, update=update, native=native)
         slow = relax_stepwise(model, x, state, 9, beta, y, update=update)
     assert fast.steps == slow.steps == 9
     assert close(fast.state, slow.state), maxdiff(fast.state, slow.state)
     assert close(state, before, atol=0), "relax must not write into the state it was given"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("update", ["sync", "async"])
-def test_batched_plus_minus_beta_equals_separate(case, update):
+def test_batched_plus_minus_beta_equals_separate(case, update, native):
     model, x, y, state = setup(case)
     m, b = x.shape[0], 0.6
     with torch.no_grad():
         drive0 = model.input_drive(x)
         both = relax(model, None, [torch.cat([s, s]) for s in state], 8,
                      torch.cat([torch.full((m,), b, dtype=torch.float64), torch.full((m,), -b, dtype=torch.float64)]), torch.cat([y, y]),
-                     drive0=torch.cat([drive0, drive0]), update=update)
+                     drive0=torch.cat([drive0, drive0]), update=update, native=native)
         plus = relax_stepwise(model, x, state, 8, b, y, update=update)
         minus = relax_stepwise(model, x, state, 8, -b, y, update=update)
     assert close([s[:m] for s in both.state], plus.state)
     assert close([s[m:] for s in both.state], minus.state)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[12]], ids=["mlp", "cnn", "vf_cnn"])
+@pytest.mark.parametrize("case,native", [(CASES[0], True), (CASES[0], False), (CASES[6], True), (CASES[12], True)],
+                         ids=["mlp-native", "mlp-torch", "cnn", "vf_cnn"])
 @pytest.mark.parametrize("update", ["sync", "async"])
-def test_tolerance_stops_where_stepwise_does(case, update):
+def test_tolerance_stops_where_stepwise_does(case, update, native):
     model, x, y, state = setup(case)
     with torch.no_grad():
-        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=1)
+        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=1, native=native)
         slow = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
-        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6, check_every=1)
-        every3 = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3)
+        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6, check_every=1,
+                       native=native)
+        every3 = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3, native=native)
         slow3 = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3)
     assert every3.steps == slow3.steps and every3.steps % 3 == 0 and fast.steps <= every3.steps < fast.steps + 3
     assert fast.steps == slow.steps < 200

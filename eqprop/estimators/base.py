@@ -25,6 +25,7 @@ class Dynamics:
     batch_nudged: bool = True            # run the +beta and -beta phases as one relaxation of twice the batch
     graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
     channels_last: bool = False          # conv states channels-last: faster, rounds differently (fast.choose_kernels)
+    native: bool = True                  # CPU dense nets: the compiled kernel (eqprop/kernels/dense.py)
 
 
 def relax_phase(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> Relaxation:
@@ -33,7 +34,7 @@ def relax_phase(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None
     if dyn.channels_last and drive0.dim() == 4:
         drive0 = drive0.contiguous(memory_format=torch.channels_last)  # the fast path follows drive0
     return relax(model, x, state, T, beta, y, drive0=drive0, update=dyn.update, tol=dyn.tol,
-                 check_every=dyn.check_every, graph=dyn.graph)
+                 check_every=dyn.check_every, graph=dyn.graph, native=dyn.native)
 
 
 def free_phase(model, x, dyn: Dynamics, drive0=None) -> Relaxation:

@@ -17,7 +17,8 @@ class BPTT:
             # the graph-free head takes the fast path; the paper's semantics (fixed T1, synchronous)
             # are kept so the gradient is the one of the dynamics the EP estimators run by default
             head = relax_phase(model, x, state, dyn.T1 - dyn.T2, Dynamics(dyn.T1, dyn.T2, graph=dyn.graph,
-                                                                    channels_last=dyn.channels_last))
+                                                                    channels_last=dyn.channels_last,
+                                                                    native=dyn.native))
         with torch.enable_grad():
             tail = relax(model, x, [s.detach() for s in head.state], dyn.T2)
             loss = model.loss.cost(model.output(tail.state), y).mean()

@@ -181,16 +181,18 @@ class FastStepper:
                 if self.base0 is None or not self.static:
                     self.base0 = torch.empty_like(self.cur[0])  # the layout of layer 0's buffers
                 torch.mul(self.drive0, scale, out=self.base0)
-        self.dense_fn = []
+        self.dense_fn, self.dense_args = [], []
         for k, plan in enumerate(self.dense):
             if plan is None:
                 self.dense_fn.append(None)
+                self.dense_args.append(None)
                 continue
             got = []
             for src, buf in plan:
                 if buf is not None:
                     torch.mul(src.detach(), self.scale[k], out=buf)
                 got.append(src.detach() if buf is None and src is not None else buf)
+            self.dense_args.append(got)  # (W_k, b_k, feedback weight), scaled: the native kernel reads them too
             self.dense_fn.append(self._dense_fn(k, *got))
 
     def _dense_fn(self, k, w, b, wb):
