@@ -72,6 +72,8 @@ class NativeDense:
             p.width[k] = c.shape[1]
             p.sb[k], p.sj[k] = c.stride()
             w, b, f = st.dense_args[k]
+            if k + 1 < n and st.dense[k][2][0] is st.dense[k + 1][0][0] and st.scale[k] == st.scale[k + 1]:
+                f = st.dense_args[k + 1][0]  # symmetric net: one copy of W_{k+1} serves both ways (cache)
             p.w[k], p.b[k], p.f[k] = _ptr(w), _ptr(b), _ptr(f)
             if st.post[k] is None:
                 p.post[k] = POST_NONE
