@@ -50,19 +50,24 @@ static inline REAL SFX(dot)(const REAL *w, const REAL *s, int64_t n)
     return r;
 }
 
-/* o[i] += sum_j a[j] F[j, i] for i < w: 4-vector strips of o stay in registers over all j */
+/* o[i] += sum_j a[j] F[j, i] for i < w: strips of 8 vectors of o stay in registers over all j
+ * (8 independent FMA chains: enough to hide the FMA latency at two FMAs per cycle) */
 static inline void SFX(gemv_t)(REAL *o, const REAL *a, const REAL *F, int64_t nj, int64_t w)
 {
     const int64_t L = SFX_L;
     int64_t i = 0;
-    for (; i + 4 * L <= w; i += 4 * L) {
-        SFX(vec) o0 = SFX(ld)(o + i), o1 = SFX(ld)(o + i + L), o2 = SFX(ld)(o + i + 2 * L), o3 = SFX(ld)(o + i + 3 * L);
+    for (; i + 8 * L <= w; i += 8 * L) {
+        SFX(vec) acc[8];
+        for (int q = 0; q < 8; q++)
+            acc[q] = SFX(ld)(o + i + q * L);
         for (int64_t j = 0; j < nj; j++) {
             const REAL *f = F + j * w + i;
             const REAL c = a[j];
-            o0 += c * SFX(ld)(f); o1 += c * SFX(ld)(f + L); o2 += c * SFX(ld)(f + 2 * L); o3 += c * SFX(ld)(f + 3 * L);
+            for (int q = 0; q < 8; q++)
+                acc[q] += c * SFX(ld)(f + q * L);
         }
-        SFX(st)(o + i, o0); SFX(st)(o + i + L, o1); SFX(st)(o + i + 2 * L, o2); SFX(st)(o + i + 3 * L, o3);
+        for (int q = 0; q < 8; q++)
+            SFX(st)(o + i + q * L, acc[q]);
     }
     for (; i + L <= w; i += L) {
         SFX(vec) o0 = SFX(ld)(o + i);
