@@ -46,9 +46,11 @@ def test_the_kernel_takes_dense_nets_on_cpu_only(name, kw, applies):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("loss,readout", [("mse", False), ("cel", True), ("cel", False)])
-def test_many_blocks_and_threads_equal_the_torch_path(threads, dtype, atol, loss, readout):
-    """37 examples: several blocks of 8 and a remainder, split over 1-3 threads."""
-    model = small_net("mlp", loss, readout, archi=[30, 64, 33, 10]).to(dtype)
+@pytest.mark.parametrize("activation", ["my_hard_sig", "my_sigmoid", "tanh"])
+def test_many_blocks_and_threads_equal_the_torch_path(threads, dtype, atol, loss, readout, activation):
+    """37 examples: several blocks of 8 and a remainder, split over 1-3 threads; the vectorised
+    activations (libmvec exp) and their scalar tails."""
+    model = small_net("mlp", loss, readout, archi=[30, 64, 33, 10], activation=activation).to(dtype)
     x, y = random_batch(model, n=37)
     x = x.to(dtype)
     state = [s.to(dtype) for s in random_state(model, n=37)]

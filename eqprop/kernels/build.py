@@ -75,9 +75,15 @@ def _build():
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            cmd = [cc, *FLAGS, "-I", str(HERE), str(HERE / SOURCES[0]), "-o", tmp, "-lm"]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
+            base = [cc, *FLAGS, "-I", str(HERE), str(HERE / SOURCES[0]), "-o", tmp]
+            # with glibc's vector exp first (x86-64); without it if this libc has none
+            variants = ([["-DEQPROP_MVEC", "-lmvec", "-lm"]] if platform.machine() == "x86_64" else []) + [["-lm"]]
+            for extra in variants:
+                cmd = base + extra
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode == 0:
+                    break
+            else:
                 raise RuntimeError(f"compiling the dense relaxation kernel failed:\n$ {' '.join(cmd)}\n"
                                    f"{out.stderr[-2000:]}")
             os.replace(tmp, target)

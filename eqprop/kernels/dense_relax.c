@@ -35,14 +35,32 @@ typedef struct {
     void *rw, *rb;                        /* softmax read-out (out_dim x width[n-1]) and bias, or NULL */
 } Plan;
 
+/* Vector exp for the sigmoid and tanh activations: glibc's libmvec (AVX2 variants, glibc >= 2.22);
+ * a libm call per unit would cost more than the unit's whole update. */
+#if defined(__x86_64__) && defined(__AVX2__) && defined(EQPROP_MVEC)
+#include <immintrin.h>
+__m256 _ZGVdN8v_expf(__m256);
+__m256d _ZGVdN4v_exp(__m256d);
+#define VEXP_f32(v) ((vec_f32)_ZGVdN8v_expf((__m256)(v)))
+#define VEXP_f64(v) ((vec_f64)_ZGVdN4v_exp((__m256d)(v)))
+#endif
+
 #define REAL float
 #define SFX(name) name##_f32
+#ifdef VEXP_f32
+#define SFX_VEXP VEXP_f32
+#endif
 #include "dense_relax_body.h"
 #undef REAL
 #undef SFX
+#undef SFX_VEXP
 
 #define REAL double
 #define SFX(name) name##_f64
+#ifdef VEXP_f64
+#define SFX_VEXP VEXP_f64
+#endif
 #include "dense_relax_body.h"
 #undef REAL
 #undef SFX
+#undef SFX_VEXP

@@ -50,6 +50,32 @@ static inline REAL SFX(dot)(const REAL *w, const REAL *s, int64_t n)
     return r;
 }
 
+/* o = sigmoid(o - shift) = 1 / (1 + exp(shift - o)), the form of torch's sigmoid */
+static inline void SFX(sigmoid)(REAL *o, int64_t n, REAL shift)
+{
+    int64_t i = 0;
+#ifdef SFX_VEXP
+    for (; i + SFX_L <= n; i += SFX_L)
+        SFX(st)(o + i, (REAL)1 / ((REAL)1 + SFX_VEXP(shift - SFX(ld)(o + i))));
+#endif
+    for (; i < n; i++)
+        o[i] = (REAL)1 / ((REAL)1 + exp(shift - o[i]));
+}
+
+/* o = tanh(o); vectorised as 1 - 2 / (exp(2 o) + 1) (exact limits at +-inf, NaN passes) */
+static inline void SFX(tanh)(REAL *o, int64_t n)
+{
+    int64_t i = 0;
+#ifdef SFX_VEXP
+    for (; i + SFX_L <= n; i += SFX_L) {
+        const SFX(vec) v = SFX(ld)(o + i);
+        SFX(st)(o + i, (REAL)1 - (REAL)2 / (SFX_VEXP(v + v) + (REAL)1));
+    }
+#endif
+    for (; i < n; i++)
+        o[i] = tanh(o[i]);
+}
+
 /* o[i] += sum_j a[j] F[j, i] for i < w: strips of 8 vectors of o stay in registers over all j
  * (8 independent FMA chains: enough to hide the FMA latency at two FMAs per cycle) */
 static inline void SFX(gemv_t)(REAL *o, const REAL *a, const REAL *F, int64_t nj, int64_t w)
@@ -189,12 +215,10 @@ static void SFX(layer)(const Plan *p, int k, int64_t r0, int rows, REAL **cur, R
             o[i] = o[i] < lo ? lo : (o[i] > hi ? hi : o[i]);
         break;
     case POST_SIGMOID:
-        for (int64_t i = 0; i < total; i++)
-            o[i] = (REAL)1 / ((REAL)1 + exp(-(o[i] - lo)));
+        SFX(sigmoid)(o, total, lo);
         break;
     case POST_TANH:
-        for (int64_t i = 0; i < total; i++)
-            o[i] = tanh(o[i]);
+        SFX(tanh)(o, total);
         break;
     default:
         break;
