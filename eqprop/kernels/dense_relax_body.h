@@ -301,6 +301,8 @@ static void *SFX(worker)(void *arg)
 double SFX(eqprop_dense_relax)(const Plan *p)
 {
     const int64_t blocks = (p->batch + RB - 1) / RB;
+    if (blocks == 0 || p->steps <= 0)
+        return 0.0;
     int64_t threads = p->threads < 1 ? 1 : p->threads;
     if (threads > blocks)
         threads = blocks;
