@@ -117,7 +117,7 @@ def main(argv=None):
                     xx = xx.contiguous(memory_format=torch.channels_last)
                 dyn = Dynamics(args.T1, args.T2, graph=opt["graph"] and device.type == "cuda",
                                channels_last=opt["channels_last"])
-                states, grads = eqprop_states(m, xx, y, cfg, dyn, gen)  # warm-up (and graph capture)
+                states, grads, _ = eqprop_states(m, xx, y, cfg, dyn, gen)  # warm-up (and graph capture)
                 row = dict(estimator=est, variant=label)
                 if ref_states is not None:
                     grads = {p: grads[q] for p, q in zip(model.parameters(), m.parameters())}

@@ -155,10 +155,11 @@ def eqprop_states(model, x, y, cfg, dyn, gen):
     """States and update for the check: the same functions `eqprop_step` runs."""
     if cfg["est"] == "bptt":
         est = BPTT()(model, x, y, dyn, gen)
-        return {"final": est.free}, est.grads
+        return {"final": est.free}, est.grads, est.steps
     free, plus, minus = Symmetric(BETA).phases(model, x, y, dyn)
     grads = model.ep_grads(x, y, (plus.state, BETA), (minus.state, -BETA), 2 * BETA, free=free.state)
-    return {"free": free.state, "plus": plus.state, "minus": minus.state}, grads
+    return ({"free": free.state, "plus": plus.state, "minus": minus.state}, grads,
+            {"free": free.steps, "nudged": plus.steps})
 
 
 def reference_step(ref, x, y, cfg):
@@ -291,7 +292,7 @@ def run_config(name, cfg, device, repeat, dyn_kw, log, quiet=(0.0, 0.0)):
 
     # 1. the check (also the warm-up of both paths)
     ref_states, ref_grads = reference_step(ref, x, y, cfg)
-    fast_states, fast_grads = eqprop_states(model, x, y, cfg, dyn, gen)
+    fast_states, fast_grads, steps = eqprop_states(model, x, y, cfg, dyn, gen)
     d_state = max(max_diff(ref_states[k], fast_states[k]) for k in ref_states)
     d_grad = max_diff([ref_grads[p] for p in model.parameters()], [fast_grads[p] for p in model.parameters()])
     err64 = update_error64(model, x, y, cfg, ref_states, ref_grads, fast_grads)
@@ -299,7 +300,8 @@ def run_config(name, cfg, device, repeat, dyn_kw, log, quiet=(0.0, 0.0)):
     # reference's own equilibria (then the gap is the reference's float32 rounding)
     update_ok = d_grad < TOL or (err64 is not None and err64["eqprop"] < TOL)
     ok = d_state < TOL and update_ok
-    log(f"  check: max|state diff| {d_state:.2e}, max|update diff| {d_grad:.2e} -> {'ok' if ok else 'MISMATCH'}")
+    log(f"  check: max|state diff| {d_state:.2e}, max|update diff| {d_grad:.2e} -> {'ok' if ok else 'MISMATCH'}"
+        f"; eqprop's steps {steps}")
     if err64:
         log(f"  update against the exact (float64) update at the reference's equilibria: reference "
             f"{err64['reference']:.2e}, eqprop {err64['eqprop']:.2e}")
@@ -332,7 +334,7 @@ def run_config(name, cfg, device, repeat, dyn_kw, log, quiet=(0.0, 0.0)):
         "reference_img_s": cfg["batch"] / ref_s, "eqprop_img_s": cfg["batch"] / fast_s,
         "reference_peak_bytes": ref_mem, "eqprop_peak_bytes": fast_mem, "memory_method": how,
         "max_state_diff": d_state, "max_update_diff": d_grad, "check_ok": ok, "update_error_vs_float64": err64,
-        "times_reference": times["reference"], "times_eqprop": times["eqprop"],
+        "eqprop_steps": steps, "times_reference": times["reference"], "times_eqprop": times["eqprop"],
         "reps_on_busy_machine": busy if quiet[0] > 0 else None,
     }
 
@@ -371,6 +373,10 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=None, help="timed runs of each path (default 5 MLP, 3 CNN; 2 quick)")
     ap.add_argument("--update", default="sync", choices=["sync", "async"],
                     help="eqprop's update scheme (async does not compute the same states: the check will say so)")
+    ap.add_argument("--tol", type=float, default=0.0,
+                    help="eqprop stops a phase once max |ds| < tol (dynamics.tol; T stays the cap). The reference "
+                         "always runs all T steps: the check says whether the states still agree")
+    ap.add_argument("--check-every", type=int, default=None, help="steps between tol checks (default: auto)")
     ap.add_argument("--batch-nudged", default="on", choices=["on", "off"],
                     help="eqprop runs the +beta/-beta phases as one batch (default on)")
     ap.add_argument("--graph", action="store_true", help="CUDA graphs for eqprop's relaxation (CUDA only)")
@@ -395,7 +401,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dyn_kw = {"update": args.update, "graph": args.graph, "channels_last": args.channels_last,
-              "batch_nudged": args.batch_nudged == "on", "native": args.native == "on"}
+              "batch_nudged": args.batch_nudged == "on", "native": args.native == "on", "tol": args.tol,
+              "check_every": args.check_every}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -405,7 +412,8 @@ def main(argv=None):
         "hardware": hardware(device), "threads": torch.get_num_threads(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": args.quick, "dtype": "float32", "update": args.update, "batch_nudged": args.batch_nudged,
-        "native": args.native, "native_kernel": native_status(args.native == "on"),
+        "native": args.native, "native_kernel": native_status(args.native == "on"), "tol": args.tol,
+        "check_every": args.check_every,
         "graph": args.graph, "channels_last": args.channels_last, "command": "python -m eqprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
@@ -423,7 +431,8 @@ def main(argv=None):
         rows.append(run_config(name, cfg, device, repeat, dyn_kw, log, (args.wait_quiet, args.max_wait)))
     meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {meta['torch']} | {meta['device']}: {meta['hardware']} | {meta['threads']} threads | "
-          f"{meta['date']}{' | QUICK (T1/T2 cut)' if args.quick else ''}")
+          f"{meta['date']}{' | QUICK (T1/T2 cut)' if args.quick else ''}"
+          f"{f' | eqprop tol {args.tol} (phases stop early; reference runs all T)' if args.tol > 0 else ''}")
     print(table(rows))
     if args.out:
         with open(args.out, "w") as f:
