@@ -241,3 +241,23 @@ def test_worker_processes_and_resume_see_the_same_augmented_images():
     assert all(torch.equal(a, b) for a, b in zip(whole, workers)) and len(workers) == 5
     assert not all(torch.equal(a, b) for a, b in zip(whole, other_epoch))
     assert time.time() - t0 < 60
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("group", range(4))
+def test_the_non_finite_check_names_exactly_the_group_that_holds_one(group, bad):
+    """engine._non_finite (CPU: aminmax per tensor): a single bad value, last in its tensor, in
+    one group is found and no other group is named."""
+    from types import SimpleNamespace
+
+    from eqprop.engine import _non_finite
+    from tests.helpers import small_net
+    model = small_net("mlp", archi=[40, 30, 5])
+    state = [torch.rand(8, 30, dtype=torch.float64), torch.rand(8, 5, dtype=torch.float64)]
+    grads = {p: torch.randn_like(p) for p in model.parameters()}
+    loss = torch.tensor(0.25, dtype=torch.float64)
+    names = ["the free-phase states", "the gradient estimates", "the weights after the update", "the training loss"]
+    target = [state[1], grads[model.synapses[1].weight], model.synapses[0].weight.data, loss][group]
+    target.view(-1)[-1] = bad
+    est = SimpleNamespace(free=state, grads=grads)
+    assert _non_finite(est, model, loss) == [names[group]]

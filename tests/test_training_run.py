@@ -36,6 +36,16 @@ def test_run_writes_its_files(tmp_path):
     assert best["test_acc"] == max(r["test_acc"] for r in m)
 
 
+@pytest.mark.parametrize("every,draws", [(30.0, [1, 4]), (0.0, [1, 2, 3, 4])])
+def test_figures_are_redrawn_at_most_every_plot_every_s_and_after_the_last_epoch(tmp_path, monkeypatch, every, draws):
+    from eqprop import engine
+    seen = []
+    monkeypatch.setattr(engine, "PLOT_EVERY_S", every)
+    monkeypatch.setattr(engine, "plot_accuracy", lambda history, path: seen.append(history[-1]["epoch"]))
+    run_inprocess(TINY + ["epochs=4"], tmp_path)
+    assert seen == draws
+
+
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     over = TINY + ["model=cnn", "estimator=random_sign"]  # random sign: the estimator's RNG must resume too
