@@ -10,20 +10,13 @@ import ctypes
 
 import torch
 
-from eqprop import activations as A
 from eqprop.kernels import build
+from eqprop.models.fast import post_form
 
 MAXL = 16  # dense_relax.c
-POST_NONE, POST_CLAMP, POST_SIGMOID, POST_TANH = 0, 1, 2, 3
+POST_NONE = 0
+POSTS = {"clamp": 1, "sigmoid": 2, "tanh": 3}  # fast.post_form's kinds -> dense_relax.c's codes
 LOSS_MSE, LOSS_SOFTMAX = 0, 1
-# the post-scale part of each activation (see fast._SPLIT): kind, lo, hi
-POSTS = {
-    A.my_hard_sig: (POST_CLAMP, 0.0, 1.0),
-    A.hard_sigmoid: (POST_CLAMP, 0.0, 1.0),
-    A.ctrd_hard_sig: (POST_CLAMP, -0.5, 0.5),
-    A.my_sigmoid: (POST_SIGMOID, 2.0, 0.0),
-    torch.tanh: (POST_TANH, 0.0, 0.0),
-}
 
 I64s, Ptrs, F64s = ctypes.c_int64 * MAXL, ctypes.c_void_p * MAXL, ctypes.c_double * MAXL
 
@@ -49,7 +42,7 @@ def supported(stepper) -> bool:
         return False
     if stepper.n < 2 or stepper.n > MAXL or any(a is None for a in stepper.dense_args):
         return False
-    if stepper.model.activation not in POSTS:
+    if post_form(stepper.model.activation) is None:
         return False
     if stepper.base0.dim() != 2 or stepper.base0.dtype != cur0.dtype:
         return False
@@ -66,7 +59,8 @@ class NativeDense:
         p = self.plan = Plan()
         p.n, p.batch, p.threads = n, st.batch, torch.get_num_threads()
         self._keep = []  # tensors made here, alive as long as the plan points at them
-        kind, lo, hi = POSTS[st.model.activation]
+        kind, lo, hi = post_form(st.model.activation)
+        kind = POSTS[kind]
         for k in range(n):
             c = st.cur[k]
             p.width[k] = c.shape[1]

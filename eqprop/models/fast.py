@@ -26,19 +26,28 @@ from eqprop.models.synapses import ConvPool, Dense
 # sigma(x) = post(scale * x): the scale folds into the weights of dense layers (scaled copies, see
 # FastStepper._dense_plan) or into the last op of a conv layer's pre-activation; post runs in place.
 # (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and sigmoid(4 (x - 0.5)) == sigmoid(4 x - 2), up to
-# the rounding of one subtraction.
+# the rounding of one subtraction. The third entry describes post for the native kernel
+# (eqprop/kernels/dense.py): clamp to [a, b], sigmoid(t - a), or tanh.
 _SPLIT = {
-    A.my_hard_sig: (0.5, lambda t: t.clamp_(0.0, 1.0)),
-    A.hard_sigmoid: (1.0, lambda t: t.clamp_(0.0, 1.0)),
-    A.ctrd_hard_sig: (1.0, lambda t: t.clamp_(-0.5, 0.5)),
-    A.my_sigmoid: (4.0, lambda t: t.sub_(2.0).sigmoid_()),
-    torch.tanh: (1.0, torch.tanh_),
+    A.my_hard_sig: (0.5, lambda t: t.clamp_(0.0, 1.0), ("clamp", 0.0, 1.0)),
+    A.hard_sigmoid: (1.0, lambda t: t.clamp_(0.0, 1.0), ("clamp", 0.0, 1.0)),
+    A.ctrd_hard_sig: (1.0, lambda t: t.clamp_(-0.5, 0.5), ("clamp", -0.5, 0.5)),
+    A.my_sigmoid: (4.0, lambda t: t.sub_(2.0).sigmoid_(), ("sigmoid", 2.0, 0.0)),
+    torch.tanh: (1.0, torch.tanh_, ("tanh", 0.0, 0.0)),
 }
 
 
 def split_activation(fn):
     """(scale, post): fn(x) == post(scale * x), post in place (a copy for unknown activations)."""
-    return _SPLIT.get(fn, (1.0, lambda t: t.copy_(fn(t))))
+    entry = _SPLIT.get(fn)
+    return entry[:2] if entry is not None else (1.0, lambda t: t.copy_(fn(t)))
+
+
+def post_form(fn):
+    """(kind, a, b): what post of activation `fn` computes ("clamp" to [a, b], "sigmoid" of t - a,
+    "tanh"), for kernels that implement it themselves; None for activations not in the table."""
+    entry = _SPLIT.get(fn)
+    return None if entry is None else entry[2]
 
 
 def inplace_activation(fn):
