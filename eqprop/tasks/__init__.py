@@ -7,19 +7,21 @@ from eqprop.tasks import offline, torchvision_tasks
 TASKS = {
     "mnist5k": lambda cfg: offline.mnist5k(),
     "digits": lambda cfg: offline.digits(),
-    "mnist": torchvision_tasks.mnist,
-    "cifar10": torchvision_tasks.cifar10,
+    # torchvision's data sets, looked up at call time: cfg.name is the key
+    **{name: lambda cfg: torchvision_tasks.load(torchvision_tasks.SPECS[cfg.name], cfg)
+       for name in torchvision_tasks.SPECS},
 }
 # (channels, size, classes) of each task's images: eqprop.config checks the task.* keys against
 # these before any data is read.
-SHAPES = {"mnist5k": (1, 28, 10), "digits": (1, 8, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 10)}
+SHAPES = {"mnist5k": (1, 28, 10), "digits": (1, 8, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 10),
+          "fashion_mnist": (1, 28, 10), "cifar100": (3, 32, 100), "svhn": (3, 32, 10)}
 
 
 def check_available(cfg: TaskConfig) -> None:
     """Raise ConfigError, saying where the data is expected and how to get it, when a task's data
     is neither on disk nor downloadable from here. Seconds at most, so bad input fails early."""
-    if cfg.name in torchvision_tasks.AVAILABILITY:
-        torchvision_tasks.AVAILABILITY[cfg.name](cfg)
+    if cfg.name in torchvision_tasks.SPECS:
+        torchvision_tasks.check_available(torchvision_tasks.SPECS[cfg.name], cfg)
 
 
 def build_task(cfg: TaskConfig):
