@@ -12,7 +12,7 @@ OPTIMIZERS = ["sgd", "adam"]
 TASKS = ["mnist5k", "digits"]
 
 
-@pytest.mark.parametrize("task", TASKS + ["mnist", "cifar10"])
+@pytest.mark.parametrize("task", TASKS + ["mnist", "cifar10", "fashion_mnist", "cifar100", "svhn"])
 @pytest.mark.parametrize("model", MODELS)
 def test_groups_compose(task, model):
     d = compose_cfg([f"task={task}", f"model={model}"])

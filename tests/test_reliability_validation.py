@@ -65,7 +65,7 @@ BAD = {
     "nan beta": (["estimator.beta=nan"], ["estimator.beta=nan", "must be > 0"]),
     "momentum of 1 or more": (["optimizer.momentum=1.0"], ["optimizer.momentum=1.0 must lie in [0, 1)"]),
     "limit_train zero": (["task.limit_train=0"], ["task.limit_train=0 must be a positive number of examples"]),
-    "unknown task": (["task.name=svhn"], ["task.name='svhn' is not known", "mnist5k"]),
+    "unknown task": (["task.name=imagenet"], ["task.name='imagenet' is not known", "mnist5k"]),
     # presets: a typo inside a YAML file, and a file that forgot its package line
     "typo in a preset": (["+experiment=typo"], ["unknown config key model.chanels", "did you mean model.channels?"]),
     "preset without package line": (["+experiment=nohdr"], ["experiment.epochs instead of epochs",
