@@ -80,6 +80,8 @@ class DashboardSpec:
     aggregate: str = SEED_AGGREGATE
     spread: str = SEED_SPREAD
     summary_columns: Tuple[str, ...] = SUMMARY_COLUMNS
+    # runs (or groups) drawn per panel; W&B's default of 10 would drop seeds from the means of a sweep
+    max_runs: int = 200
     sections: Tuple[SectionSpec, ...] = SECTIONS
 
     def to_dict(self) -> dict:
@@ -103,7 +105,7 @@ def to_workspace(spec: DashboardSpec):
         entity=spec.entity, project=spec.project, name=spec.name,
         sections=[ws.Section(name=s.name, panels=[panel(p) for p in s.panels], is_open=s.is_open)
                   for s in spec.sections],
-        settings=ws.WorkspaceSettings(x_axis=spec.x_axis),
+        settings=ws.WorkspaceSettings(x_axis=spec.x_axis, max_runs=spec.max_runs),
         runset_settings=ws.RunsetSettings(groupby=[ws.Metric(k) for k in spec.grouping], group_colors=colours,
                                           pinned_columns=[f"summary:{k}" for k in spec.summary_columns]),
     )
