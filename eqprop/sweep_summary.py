@@ -39,6 +39,27 @@ _STATUS_OF_ERROR = {"Diverged": "diverged", "Interrupted": "interrupted", "Confi
                     "CheckpointError": "config error"}
 
 
+# hydra.sweep.mode when the command line sets none (Hydra's schema has no default for it; give
+# `+hydra.sweep.mode=0750` to open a sweep to the group): on a shared cluster a sweep's outputs and
+# submitit's pickles, which run as code when a job or the launcher loads them, are the user's own
+DEFAULT_SWEEP_MODE = "0700"
+
+
+def make_sweep_dir(config: DictConfig) -> Path:
+    """The sweep dir, created (or made) hydra.sweep.mode, never open to others in between."""
+    sweep = config.hydra.sweep
+    text = str(sweep.mode) if "mode" in sweep else DEFAULT_SWEEP_MODE
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"hydra.sweep.mode={text!r} must be an octal mode such as 0700 or 0750") from None
+    path = Path(str(sweep.dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
 def record_job(job_dir, status: str, error: Optional[str] = None, **extra) -> None:
     """The outcome of one job, next to its outputs; the summary reads it back."""
     job_dir = Path(job_dir)
@@ -198,7 +219,8 @@ class SweepSummary(Callback):
         self._ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        # before the launcher or the sweeper make it with the umask's mode
+        self._sweep_dir = make_sweep_dir(config).absolute()
         # A failed job makes the sweeper raise once its batch is over, and then on_multirun_end
         # never runs; atexit still does (also after Ctrl-C), so the table is always written.
         atexit.register(self._at_exit)
