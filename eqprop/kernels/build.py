@@ -163,7 +163,8 @@ def _build_and_load(cc: str, name: str, cache_fd, cache: Path):
             _compile(cc, os.path.join(out_dir, name))
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work_fd)
             try:
-                os.fchmod(fd, 0o700)  # the linker applies the umask (0775 under umask 002)
+                if os.fstat(fd).st_uid == os.geteuid():  # the linker applies the umask (0775 under umask 002)
+                    os.fchmod(fd, 0o700)
                 _check_owned(fd, f"the library just built in {out_dir}", stat.S_ISREG)
                 lib = _dlopen(fd, str(cache / name) if cache_fd is not None else f"a private build in {work}")
             except BaseException:
