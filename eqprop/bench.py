@@ -281,7 +281,7 @@ def native_status(wanted: bool) -> str:
         return "off (torch ops)"
     from eqprop.kernels import build
     lib = build.load()
-    return f"compiled: {lib._name}" if lib is not None else f"unavailable, torch ops: {build.error()}"
+    return f"compiled: {build.origin()}" if lib is not None else f"unavailable, torch ops: {build.error()}"
 
 
 def run_config(name, cfg, device, repeat, dyn_kw, log, quiet=(0.0, 0.0)):

@@ -1,9 +1,9 @@
-"""Checkpoints: plain data and tensors only, written atomically, loaded with weights_only=True."""
+"""Checkpoints: plain data and tensors only, written atomically, loaded with weights_only=True.
+Also the safe writes of every run file (atomic replace, append without following links). torch is
+imported where a checkpoint is saved or loaded: the sweep summary uses the writes and imports no torch."""
 import os
 import tempfile
 from pathlib import Path
-
-import torch
 
 
 class CheckpointError(RuntimeError):
@@ -11,13 +11,27 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj, path) -> None:
-    """Write to a temp file in the same dir, flush and fsync, then rename: a kill at any moment
-    leaves either the old file or the new one, never a torn one."""
+    """torch.save through `_replace_atomic`: a kill at any moment leaves either the old file or the
+    new one, never a torn one."""
+    import torch
+
+    _replace_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Replace a small text file (a W&B run id, a JSON result) the same way. Never through a fixed
+    temp name: a link planted at one would be followed, the new file is a fresh private name."""
+    _replace_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _replace_atomic(path, write) -> None:
+    """Write to a new temp file in the same dir (mkstemp: a fresh name, created exclusively, never
+    through a symbolic link), flush and fsync, then rename over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -57,6 +71,8 @@ def load(path, map_location="cpu", required=()) -> dict:
     """torch.load with weights_only=True (tensors and plain data only: loading a checkpoint never
     runs code from it). CheckpointError, naming the file, for anything that is not a whole
     eqprop checkpoint holding the `required` keys."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -81,8 +97,16 @@ def load(path, map_location="cpu", required=()) -> dict:
 
 
 def append_line(path, line: str) -> None:
-    """Append one line and fsync it: earlier lines are never rewritten, so never truncated."""
-    with open(path, "a") as f:
+    """Append one line and fsync it: earlier lines are never rewritten, so never truncated. Refuses
+    a symbolic link at `path` (CheckpointError): the line would land in whatever file it names."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if os.path.islink(path):
+            raise CheckpointError(f"{path} is a symbolic link; eqprop appends only to a regular file of the "
+                                  "run dir (remove the link)") from None
+        raise
+    with os.fdopen(fd, "a") as f:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -43,11 +43,41 @@ def find_run_dirs(roots) -> List[Path]:
 
 
 def _read_config(path: Path) -> dict:
-    conf = OmegaConf.load(path)
+    """The YAML (safe loader), with references between its keys (`${dynamics.T1}`) resolved. A
+    value that calls a resolver (`${oc.env:...}`, `${now:...}`, any registered one) is kept as the
+    text it is, never evaluated: a run dir is data written by anyone, and reading it must neither
+    print this process's environment nor run code."""
+    from omegaconf import grammar_parser
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+
+    def calls_a_resolver(text: str) -> bool:
+        try:
+            stack = [grammar_parser.parse(text)]
+        except Exception:  # noqa: BLE001 - not a valid interpolation: OmegaConf would refuse it as well
+            return True
+        while stack:
+            node = stack.pop()
+            if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+                return True
+            stack.extend(node.getChildren() if hasattr(node, "getChildren") else ())
+        return False
+
+    def literal(v):  # escaped: OmegaConf then reads "${" as two characters, not an interpolation
+        if isinstance(v, dict):
+            return {k: literal(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [literal(x) for x in v]
+        if isinstance(v, str) and "${" in v and calls_a_resolver(v):
+            v = v.replace("${", "\\${")
+            if calls_a_resolver(v):
+                raise ValueError(f"cannot keep {v!r} from being evaluated")
+        return v
+
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     try:
-        return OmegaConf.to_container(conf, resolve=True)
-    except Exception:  # noqa: BLE001 - a resolver only launch.py knows: the plain values still group runs
-        return OmegaConf.to_container(conf, resolve=False)
+        return OmegaConf.to_container(OmegaConf.create(literal(raw)), resolve=True)
+    except Exception:  # noqa: BLE001 - a dangling reference: the plain values still group runs
+        return raw
 
 
 def _job_error(run_dir: Path) -> str:

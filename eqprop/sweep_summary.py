@@ -20,12 +20,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from eqprop.checkpoint import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,32 @@ _STATUS_OF_ERROR = {"Diverged": "diverged", "Interrupted": "interrupted", "Confi
                     "CheckpointError": "config error"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# hydra.sweep.mode when the command line sets none (Hydra's schema has no default for it; give
+# `+hydra.sweep.mode=0750` to open a sweep to the group): on a shared cluster a sweep's outputs and
+# submitit's pickles, which run as code when a job or the launcher loads them, are the user's own
+DEFAULT_SWEEP_MODE = "0700"
+
+
+def make_sweep_dir(config: DictConfig) -> Path:
+    """The sweep dir, created (or made) hydra.sweep.mode, never open to others in between."""
+    sweep = config.hydra.sweep
+    text = str(sweep.mode) if "mode" in sweep else DEFAULT_SWEEP_MODE
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"hydra.sweep.mode={text!r} must be an octal mode such as 0700 or 0750") from None
+    path = Path(str(sweep.dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, mode)
+    return path
 
 
 def record_job(job_dir, status: str, error: Optional[str] = None, **extra) -> None:
     """The outcome of one job, next to its outputs; the summary reads it back."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(job_dir / RESULT, json.dumps({"status": status, "error": error, **extra}, indent=1))
+    write_text_atomic(job_dir / RESULT, json.dumps({"status": status, "error": error, **extra}, indent=1))
 
 
 def status_of(exc: BaseException) -> str:
@@ -177,7 +188,9 @@ def write_summary(sweep_dir) -> Path:
     jobs at once: they take turns on a lock, and the file is replaced atomically."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".summary.lock", "w") as lock:
+    # O_NOFOLLOW, no truncation: a link planted at the lock's name is neither followed nor emptied
+    fd = os.open(sweep_dir / ".summary.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = job_rows(sweep_dir)
         buf = io.StringIO()
@@ -185,7 +198,7 @@ def write_summary(sweep_dir) -> Path:
         w.writeheader()
         for r in rows:
             w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
-        _write_atomic(sweep_dir / SUMMARY, buf.getvalue())
+        write_text_atomic(sweep_dir / SUMMARY, buf.getvalue())
     return sweep_dir / SUMMARY
 
 
@@ -206,7 +219,8 @@ class SweepSummary(Callback):
         self._ended = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        # before the launcher or the sweeper make it with the umask's mode
+        self._sweep_dir = make_sweep_dir(config).absolute()
         # A failed job makes the sweeper raise once its batch is over, and then on_multirun_end
         # never runs; atexit still does (also after Ctrl-C), so the table is always written.
         atexit.register(self._at_exit)

@@ -132,3 +132,24 @@ def test_default_output_is_the_first_dir_and_bad_input_is_refused(runs, tmp_path
     assert p.returncode == 2 and "not a directory" in p.stderr
     p = report_cli(tmp_path)
     assert p.returncode == 2 and "no training runs under" in p.stderr
+
+
+def test_a_run_dir_cannot_make_the_report_read_the_environment(tmp_path):
+    """A run dir is data anyone may have written: only references between its own keys are resolved,
+    `${oc.env:...}` (or any resolver) is printed as written, never evaluated."""
+    run = tmp_path / "crafted"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "mode: train\nepochs: 1\nseed: 0\n"
+        "task: {name: '${oc.env:SECRET_X,none}'}\nmodel: {name: mlp}\n"
+        "loss: {name: '${names.loss}'}\nnames: {loss: mse}\nestimator: {name: symmetric}\n"
+        "dynamics: {T1: '${oc.env:SECRET_X,none}', T2: '${dynamics.T1}'}\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "status": "ok", "test_acc": 0.5, "train_acc": 0.5, '
+                                       '"seconds": 1.0}\n')
+    secret = "s3cr3t-value-of-the-reader"
+    p = subprocess.run([sys.executable, "-m", "eqprop.report", str(run), "--out", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, SECRET_X=secret))
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "task=${oc.env:SECRET_X,none}" in md and "loss=mse" in md  # read, and the key reference resolved
+    assert secret not in md + p.stdout + p.stderr

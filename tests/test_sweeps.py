@@ -144,3 +144,32 @@ def test_summary_lists_jobs_that_never_started_and_rejects_non_sweeps(tmp_path):
     assert main([str(tmp_path / "nowhere")]) == 2
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_sweeps_are_private_under_a_group_umask(tmp_path):
+    """umask 002 (a group-shared project dir): the sweep dir is 0700 and submitit's pickles 0600 (a
+    pickle others can rewrite runs their code in the next requeue); the run files keep the umask."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", *TINY, "task=digits",
+            f"hydra.sweep.dir={sweep}"]
+    p = subprocess.run([sys.executable, str(ROOT / "launch.py")] + args, cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, umask=0o002)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert _mode(sweep) == 0o700
+    pickles = sorted((sweep / ".submitit").rglob("*.pkl"))
+    assert {q.name.split("_", 2)[-1] for q in pickles} == {"submitted.pkl", "result.pkl"}, pickles
+    assert {q.name: _mode(q) for q in pickles} == {q.name: 0o600 for q in pickles}
+    assert all(_mode(d) == 0o700 for d in [sweep / ".submitit", *(sweep / ".submitit").iterdir()] if d.is_dir())
+    assert _mode(sweep / "0" / "metrics.jsonl") == 0o664  # the job ran with the user's umask
+
+    # Hydra's basic launcher (no hydra/launcher=) and a mode given on the command line
+    shared = tmp_path / "shared"
+    p = subprocess.run([sys.executable, str(ROOT / "launch.py"), "-m", *TINY, "task=digits", "+hydra.sweep.mode=0750",
+                        f"hydra.sweep.dir={shared}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       umask=0o002)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _mode(shared) == 0o750

@@ -17,6 +17,7 @@ import string
 import sys
 from pathlib import Path
 
+from eqprop.checkpoint import write_text_atomic
 from eqprop.config import ConfigError
 
 ID_FILE = "wandb_run_id"
@@ -115,9 +116,7 @@ class WandbLogger:
             return f.read_text().strip()
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         if train:
-            tmp = f.with_suffix(".tmp")
-            tmp.write_text(run_id + "\n")
-            tmp.replace(f)
+            write_text_atomic(f, run_id + "\n")
         return run_id
 
     def _init_kwargs(self) -> dict:
@@ -180,9 +179,7 @@ class WandbLogger:
     def _log(self, row: dict) -> None:
         self.run.log(row, step=self._step)
         if self._train:
-            tmp = self.run_dir / (STEP_FILE + ".tmp")
-            tmp.write_text(str(self._step))
-            tmp.replace(self.run_dir / STEP_FILE)
+            write_text_atomic(self.run_dir / STEP_FILE, str(self._step))
         self._step += 1
 
     def _safely(self, what, fn):

@@ -7,7 +7,9 @@ hydra_plugins package). On top of the plugin:
 - the launcher waits for every job, even when one of them was killed without a result, so one
   bad job neither stops nor hides the others (it becomes a failed job in Hydra's report and a
   "killed" row in the sweep summary);
-- the scheduler refusing the request (sbatch failing) is one clear error, not a traceback.
+- the scheduler refusing the request (sbatch failing) is one clear error, not a traceback;
+- the sweep dir is hydra.sweep.mode (0700 unless set), and submitit's folders and pickles are
+  0700/0600 whatever the umask (unpickling runs code); the runs' own files keep the user's umask.
 In a SLURM job (SlurmLauncher.__call__):
 - a job stopped by SIGTERM (scontrol requeue, pre-emption) has had the engine save a mid-epoch
   checkpoint; it then exits *without* a result, because submitit's launcher takes any result file
@@ -32,6 +34,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+PICKLE_UMASK = 0o077
 ROOT = str(Path(__file__).resolve().parents[2])  # the repo: eqprop and these plugins
 
 
@@ -70,8 +73,23 @@ class _Launch:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
+        from eqprop.sweep_summary import make_sweep_dir
+
         assert self.config is not None and len(job_overrides) > 0
         _put_repo_on_pythonpath()
+        sweep_dir = make_sweep_dir(self.config)
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        # submitit's folders and pickles private (0700/0600) whatever the umask: a pickle is code that
+        # the job (and its requeues) and this launcher run. The jobs' own files keep the user's umask.
+        self._user_umask = os.umask(PICKLE_UMASK)
+        try:
+            jobs, job_params = self._submit(submitit, job_overrides, initial_job_idx)
+        finally:
+            os.umask(self._user_umask)
+        return [self._collect(job, list(ov), idx, sweep_dir)
+                for job, (ov, _, idx, _, _) in zip(jobs, job_params)]
+
+    def _submit(self, submitit, job_overrides, initial_job_idx):
         params = self.params
         init_keys = {"submitit_folder", "max_num_timeout"}
         init_params = {"folder": params["submitit_folder"]}
@@ -81,22 +99,23 @@ class _Launch:
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
                                       for k, v in params.items() if k not in init_keys})
-
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        if "mode" in self.config.hydra.sweep:
-            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         job_params: List[Any] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         try:
-            jobs = executor.map_array(self, *zip(*job_params))
+            return executor.map_array(self, *zip(*job_params)), job_params
         except submitit.core.utils.FailedJobError as err:
             raise SubmissionError(self._refused(err)) from None
-        return [self._collect(job, list(ov), idx, sweep_dir)
-                for job, (ov, _, idx, _, _) in zip(jobs, job_params)]
+
+    def __call__(self, *args, **kwargs) -> JobReturn:
+        """In the job: the run with the user's umask, then submitit's result pickle (written once
+        this returns) private again."""
+        os.umask(getattr(self, "_user_umask", PICKLE_UMASK))
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            os.umask(PICKLE_UMASK)
 
     def _refused(self, err: BaseException) -> str:
         asked = {k: self.params.get(k) for k in ("partition", "account", "qos", "nodes", "tasks_per_node",
@@ -161,6 +180,7 @@ class _TimeLimitWarning:
         """submitit's own handler: pickles the job again, `scontrol requeue`s it and exits; raises
         (the job then fails with the reason) once max_num_timeout time-outs are used up."""
         signal.alarm(0)
+        os.umask(PICKLE_UMASK)  # submitit pickles the job again for its rerun
         if callable(self._submitit):
             self._submitit(signal.SIGUSR2, None)
 

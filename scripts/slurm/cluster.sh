@@ -14,6 +14,10 @@
 # ${EQPROP_SLURM_DIR:-/tmp/eqprop-slurm}; `stop` then `rm -rf` that directory resets the cluster
 # (job ids restart at 1 afterwards). Only munge's socket is the system one, /run/munge; a munged
 # already serving it is reused and left alone.
+# The daemons run as root and read their configs from that directory, and its default name is
+# easy to guess: a directory that is not root's own (owned by root, a real directory, not
+# writable by group or others, in a parent that only root can rename it in) is refused, never
+# used. The database password never appears on a command line (the SQL goes on stdin).
 #
 # Knobs (environment): EQPROP_SLURM_DIR, EQPROP_SLURM_TIMEOUT (seconds per wait, default 60),
 # EQPROP_SLURM_MAXTIME (partition MaxTime in minutes, default 60), EQPROP_SLURM_CTLD_PORT (6817),
@@ -144,6 +148,42 @@ need_root() {
     [[ "$(id -u)" == 0 ]] || die "must run as root (slurmd and the private MariaDB run as root)"
 }
 
+# not_private PATH [sticky]: why others than root could change what PATH holds (nothing if they
+# cannot). With `sticky`, a sticky directory writable by all (/tmp) is fine: nobody can rename or
+# replace a root-owned entry there.
+not_private() {
+    local path="$1" owner mode
+    if [[ -L "$path" || ! -d "$path" ]]; then
+        echo "$path is a symbolic link or not a directory"
+        return
+    fi
+    owner="$(stat -c %u "$path")"
+    mode=$((8#$(stat -c %a "$path")))
+    if [[ "$owner" != 0 ]]; then
+        echo "$path belongs to uid $owner, not root"
+    elif ((mode & 8#022)) && ! { [[ "${2:-}" == sticky ]] && ((mode & 8#1000)); }; then
+        printf '%s is writable by group or others (mode %o)\n' "$path" "$mode"
+    fi
+}
+
+# state_dir [create]: check the state directory (creating it first, root's and 0755, with
+# `create`) and its parent; die if anyone but root could have put or changed files in it.
+state_dir() {
+    if [[ "${1:-}" == create && ! -e "$DIR" && ! -L "$DIR" ]]; then
+        mkdir -p "$(dirname "$DIR")"
+        mkdir -m 755 "$DIR" 2>/dev/null || true # someone else may have been faster: checked below
+    fi
+    [[ -e "$DIR" || -L "$DIR" ]] || return 0
+    local why
+    why="$(not_private "$DIR")"
+    if [[ -z "$why" ]]; then
+        why="$(not_private "$(realpath "$(dirname "$DIR")")" sticky)"
+        [[ -z "$why" ]] || why="$why: others could replace $DIR"
+    fi
+    [[ -z "$why" ]] || die "refusing the state directory: $why. Someone else may have made it to control" \
+        "root's daemons; remove it (after a look at it) or set EQPROP_SLURM_DIR to a new path in a directory of root's"
+}
+
 # ---------------------------------------------------------------------------------------------
 # install
 
@@ -160,6 +200,7 @@ cmd_install() {
         return 0
     fi
     need_root
+    state_dir create
     say "installing ${PACKAGES[*]}"
     export DEBIAN_FRONTEND=noninteractive
     # A fresh CI image has empty apt lists; only refresh them when the first attempt fails so a
@@ -207,7 +248,7 @@ write_configs() {
     mkdir -p "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d" "$MUNGE_DIR"
     # munged refuses a socket/log directory that others can write to, and runs as user munge.
     chmod 755 "$DIR" "$RUN" "$LOG"
-    chown munge:munge "$MUNGE_DIR"
+    chown -h munge:munge "$MUNGE_DIR"
     chmod 755 "$MUNGE_DIR"
 
     local node_line host mem
@@ -318,17 +359,17 @@ start_munged() {
     if [[ ! -s "$MUNGE_KEY" ]]; then
         say "creating $MUNGE_KEY"
         mungekey --create --keyfile="$MUNGE_KEY"
-        chown munge:munge "$MUNGE_KEY"
+        chown -h munge:munge "$MUNGE_KEY"
         chmod 400 "$MUNGE_KEY"
     fi
     # No systemd, so nothing creates the runtime directory for us.
     mkdir -p "$(dirname "$MUNGE_SOCK")"
-    chown munge:munge "$(dirname "$MUNGE_SOCK")"
+    chown -h munge:munge "$(dirname "$MUNGE_SOCK")"
     chmod 755 "$(dirname "$MUNGE_SOCK")"
     rm -f "$MUNGE_SOCK" "$MUNGE_SOCK.lock" "$(pidfile munged)"
     # munged insists on owning its log file.
     touch "$LOG/munged.log"
-    chown munge:munge "$LOG/munged.log"
+    chown -h munge:munge "$LOG/munged.log"
     # munged refuses to run as root; it forks and writes its own pid file.
     runuser -u munge -- /usr/sbin/munged \
         --socket="$MUNGE_SOCK" --key-file="$MUNGE_KEY" \
@@ -339,8 +380,10 @@ start_munged() {
     wait_for "munge to answer" munge_ok
 }
 
+# db_sql SQL: the SQL goes on stdin (printf is a shell builtin), never on a command line that
+# any user can read in /proc.
 db_sql() {
-    mariadb --no-defaults --protocol=socket --socket="$DB_SOCK" -uroot -e "$1"
+    printf '%s\n' "$1" | mariadb --no-defaults --protocol=socket --socket="$DB_SOCK" -uroot
 }
 
 start_mariadb() {
@@ -402,6 +445,7 @@ node_ready() {
 
 cmd_start() {
     need_root
+    state_dir create
     local t0=$SECONDS
     installed || cmd_install
     write_configs
@@ -464,6 +508,7 @@ stop_group() {
 }
 
 cmd_stop() {
+    state_dir
     # Jobs run under slurmstepd, which outlives slurmd; cancel them first so no test job keeps
     # running against a cluster that is gone.
     if running slurmctld && running slurmd; then
@@ -485,6 +530,7 @@ cmd_stop() {
 }
 
 cmd_status() {
+    state_dir
     local d ok=0
     for d in munged mariadb slurmdbd slurmctld slurmd; do
         if running "$d"; then
