@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eqprop.bench import hardware, model_cfg  # noqa: E402
+from benchmarks.measure import hardware  # noqa: E402
+from benchmarks.reference import model_cfg  # noqa: E402
 from eqprop.losses import build_loss  # noqa: E402
 from eqprop.models import build_model  # noqa: E402
 from eqprop.models.fast import FastStepper  # noqa: E402

@@ -1,6 +1,6 @@
 """The paper CNN on one GPU: seconds per training step at batch 128, projected seconds per CIFAR-10
 epoch (391 steps), peak GPU memory; EP symmetric (T1 250, T2 30, beta 0.5, MSE) and BPTT; the
-original-way reference (eqprop.bench.Reference) in the same run for the ratio.
+original-way reference (benchmarks/reference.py) in the same run for the ratio.
 
     python benchmarks/gpu_paper_cnn.py                       # cuda, batch 128, full T: < 5 min on an H100
     python benchmarks/gpu_paper_cnn.py --device cpu --quick  # smoke test of the script itself
@@ -10,7 +10,7 @@ Variants of eqprop's fast path (each in its own try, so one failure does not los
   fp32+graph  IEEE float32, steps replayed from a CUDA graph (checked against the reference)
   tf32+cl+graph  TF32 tensor cores, channels-last weights and states, CUDA graph
 The reference runs in IEEE float32, NCHW. The check (max abs difference of states and update
-< 1e-4, as in eqprop.bench) applies to the IEEE NCHW variants; the differences of the TF32 /
+< 1e-4, as in benchmarks/bench.py) applies to the IEEE NCHW variants; the differences of the TF32 /
 channels-last variant are printed for information (other rounding moves max-pool near-ties). Training step =
 all phases + the parameter gradient (the optimiser's update is not included).
 """
@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eqprop.bench import (BETA, Reference, build, eqprop_states, eqprop_step, hardware,  # noqa: E402
-                          max_diff, peak_memory, reference_step, sync, update_error64)
+from benchmarks.measure import hardware, max_diff, peak_memory, sync  # noqa: E402
+from benchmarks.reference import (BETA, Reference, build, eqprop_states, eqprop_step,  # noqa: E402
+                                  reference_step, update_error64)
 from eqprop.dynamics import set_tf32  # noqa: E402
 from eqprop.estimators import Dynamics  # noqa: E402
 
@@ -124,7 +125,7 @@ def main(argv=None):
                     d_state = max(max_diff(ref_states[k], states[k]) for k in ref_states)
                     d_grad = max_diff([ref_grads[p] for p in model.parameters()], [grads[p] for p in model.parameters()])
                     err64 = update_error64(model, x, y, cfg, ref_states, ref_grads, grads)
-                    # as in eqprop.bench: an update gap that is the reference's own float32 rounding is told apart
+                    # as in benchmarks/bench.py: an update gap that is the reference's own float32 rounding is told apart
                     update_ok = d_grad < 1e-4 or (err64 is not None and err64["eqprop"] < 1e-4)
                     row.update(max_state_diff=d_state, max_update_diff=d_grad, update_error_vs_float64=err64,
                                check=("ok" if d_state < 1e-4 and update_ok else "MISMATCH")

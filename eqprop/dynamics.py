@@ -50,9 +50,9 @@ def default_check_every(device, model=None) -> int:
     """Steps between convergence checks when dynamics.check_every is null.
 
     A check is one pass over the state plus a device-to-host sync. On CUDA the sync stalls the
-    queue: every 10 steps. On CPU a conv net's step costs ~100x a check: every step. A dense net's
-    step is a few small GEMMs, ~4x a check (mnist5k MLP, measured: a training step 8.9 ms synchronous
-    T1 = 30, 8.0 ms async + tol checked every step, 6.4 ms checked every 5): every 5 steps."""
+    queue: every 10 steps. On CPU a conv net's step costs far more than a check: every step. A
+    dense net's step is a few small GEMMs, a few checks' worth: every 5 steps (the cadences compared
+    in benchmarks/README.md)."""
     if torch.device(device).type == "cuda":
         return 10
     if model is not None and not any(isinstance(s, ConvPool) for s in model.synapses):
@@ -97,11 +97,11 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     stepper = FastStepper(model, drive0, state, beta, y)
     kernel = NativeDense.build(stepper) if native else None
     if kernel is not None:
-        return _run_native(kernel, T, update, tol, check_every)
+        return _run_native(kernel, stepper, T, update, tol, check_every)
     return _run(stepper, model.n_layers, T, update, tol, check_every)
 
 
-def _run_native(kernel, T, update, tol, check_every) -> Relaxation:
+def _run_native(kernel, stepper, T, update, tol, check_every) -> Relaxation:
     """`_run` with the compiled kernel: all T steps in one call, or, with a tolerance, one call per
     `check_every` steps (the same checks, at the same steps)."""
     done, residual = 0, float("nan")
@@ -113,7 +113,7 @@ def _run_native(kernel, T, update, tol, check_every) -> Relaxation:
             residual = r
             if residual < tol:
                 break
-    return Relaxation(kernel.stepper.state, done, residual)
+    return Relaxation(stepper.state, done, residual)
 
 
 def _run(stepper, n, T, update, tol, check_every) -> Relaxation:

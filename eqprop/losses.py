@@ -1,9 +1,13 @@
-"""Cost functions C(output, y) that nudge the network, with their closed-form gradients.
+"""Cost functions C(output, y) that nudge the network, each with its closed-form nudge.
 
-`cost` is differentiable (used for BPTT and for the Phi-based parameter updates); `grad` is the
-closed-form dC/d(output) used inside the relaxation loop, where no autograd graph is built.
+`cost` is differentiable (used for BPTT and for the Phi-based parameter updates). Both losses pair
+their cost with the output map whose gradient is link(z) - target (the identity for MSE on the
+output, softmax for cross-entropy on logits): `grad_at` computes it against a one-hot target, and
+`nudge` carries it through the softmax read-out when there is one. The relaxation (`model.step`,
+the fast step) and the read-out's EP update call these, so no module tests a loss's name.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,38 +15,75 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Loss:
-    name: str
     softmax_readout: bool = False
+    name: ClassVar[str] = ""
+    link: ClassVar[str] = ""  # dC/dz = link(z) - target: "identity" or "softmax" (the native kernel's form)
 
     def cost(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example cost, shape (batch,)."""
-        if self.name == "mse":
-            target = F.one_hot(y, output.shape[1]).to(output.dtype)
-            return 0.5 * (output - target).pow(2).sum(dim=1)
-        return F.cross_entropy(output, y, reduction="none")
+        raise NotImplementedError
+
+    def grad_at(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """dC/dz against a one-hot target, as a new tensor (no autograd graph)."""
+        raise NotImplementedError
 
     def grad(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """dC/d(output), per example."""
+        return self.grad_at(output, F.one_hot(y, output.shape[1]).to(output.dtype))
+
+    def target(self, y: torch.Tensor, last: torch.Tensor, readout=None) -> torch.Tensor:
+        """One-hot targets, as wide as the output the cost is measured on (the read-out's, if any)."""
+        width = readout.out_features if readout is not None else last.shape[1]
+        return F.one_hot(y, width).to(last.dtype)
+
+    def nudge(self, last: torch.Tensor, target: torch.Tensor, readout=None, readout_ctx=None) -> torch.Tensor:
+        """dC/ds_{n-1} at the last neuron layer `last`, through the read-out synapse when given."""
+        if readout is None:
+            return self.grad_at(last, target)
+        return readout.feedback(self.grad_at(readout.drive(last)[0], target), readout_ctx)
+
+    @property
+    def linear_output(self) -> bool:
+        """Whether the last neuron layer is linear (no activation)."""
+        return False
+
+
+class MSE(Loss):
+    name, link = "mse", "identity"
+
+    def __post_init__(self):
+        if self.softmax_readout:
+            raise ValueError(
+                "loss.softmax_readout=true needs loss=cel: the softmax read-out is trained with cross-entropy "
+                "(use loss=cel, or set loss.softmax_readout=false with loss=mse)")
+
+    def cost(self, output, y):
         target = F.one_hot(y, output.shape[1]).to(output.dtype)
-        if self.name == "mse":
-            return output - target
-        return torch.softmax(output, dim=1) - target
+        return 0.5 * (output - target).pow(2).sum(dim=1)
+
+    def grad_at(self, z, target):
+        return torch.sub(z, target)
+
+
+class CrossEntropy(Loss):
+    name, link = "cel", "softmax"
+
+    def cost(self, output, y):
+        return F.cross_entropy(output, y, reduction="none")
+
+    def grad_at(self, z, target):
+        return torch.softmax(z, dim=1).sub_(target)
 
     @property
     def linear_output(self) -> bool:
         """Cross-entropy on the last layer itself (no read-out): that layer is linear, as in the paper."""
-        return self.name == "cel" and not self.softmax_readout
+        return not self.softmax_readout
 
 
-LOSSES = ("mse", "cel")
+LOSSES = {cls.name: cls for cls in (MSE, CrossEntropy)}
 
 
 def build_loss(name: str, softmax_readout: bool) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"loss.name={name!r} is not a known loss; expected one of {list(LOSSES)}")
-    if name == "mse" and softmax_readout:
-        raise ValueError(
-            "loss.softmax_readout=true needs loss=cel: the softmax read-out is trained with cross-entropy "
-            "(use loss=cel, or set loss.softmax_readout=false with loss=mse)"
-        )
-    return Loss(name, softmax_readout)
+    return LOSSES[name](softmax_readout)

@@ -291,12 +291,10 @@ def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout
     """The kernels chosen per device (CPU: oneDNN backward-data, GEMM for tiny maps; GPU: cuDNN)
     are all checked here, whatever this machine would pick."""
     import eqprop.models.fast as fast
+    from eqprop.models.synapses import ConvKernels
 
-    def force(pairs, device, channels_last=False):
-        for syn, _ in pairs:
-            if hasattr(syn, "fwd_impl"):
-                syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = kernels
-    monkeypatch.setattr(fast, "choose_kernels", force)
+    chosen = fast.choose_kernels
+    monkeypatch.setattr(fast, "choose_kernels", lambda *a, **kw: chosen(*a, **kw).forcing(ConvKernels(*kernels)))
     model, x, y, state = setup(case)
     with torch.no_grad():
         drive0 = model.input_drive(x)

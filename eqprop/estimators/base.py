@@ -53,7 +53,7 @@ def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
 
     Batched (the default), they are one relaxation of twice the batch with a per-example beta: half
     the per-step overhead for small nets, and larger GEMMs/convolutions for big ones (measured with
-    python -m eqprop.bench, benchmarks/README.md). With a tolerance both halves then stop together,
+    benchmarks/bench.py, benchmarks/README.md). With a tolerance both halves then stop together,
     when the slower one has converged. Dropout masks take the definitional (unbatched) path."""
     if has_masks(model) or not dyn.batch_nudged:
         return (nudged_phase(model, x, y, start, beta, dyn, drive0),

@@ -1,5 +1,5 @@
 """Model builders: `mlp`, `cnn` and their vector-field forms `vf_mlp`, `vf_cnn`."""
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -9,7 +9,14 @@ from eqprop.models.energy_net import EnergyNet
 from eqprop.models.synapses import ConvPool, Dense
 from eqprop.models.vector_field import VectorFieldNet
 
-MODELS = ("mlp", "vf_mlp", "cnn", "vf_cnn")
+
+class Kind(NamedTuple):
+    dense: bool          # an MLP's synapses (else convolutions, then fully connected layers)
+    vector_field: bool   # separate backward weights (VectorFieldNet)
+
+
+MODELS = {"mlp": Kind(True, False), "vf_mlp": Kind(True, True), "cnn": Kind(False, False),
+          "vf_cnn": Kind(False, True)}
 
 
 def _mlp_synapses(archi, bias=True):
@@ -38,21 +45,23 @@ def _scale_init(module: torch.nn.Module, scale: Optional[float]):
 def build_model(cfg, loss: Loss, in_channels: int, in_size: int) -> EnergyNet:
     """cfg: an eqprop.config.ModelConfig (already validated)."""
     act = get_activation(cfg.activation)
-    if cfg.name in ("mlp", "vf_mlp"):
+    kind = MODELS[cfg.name]
+    if kind.dense:
         in_shape = (in_channels * in_size * in_size,)
-        synapses = _mlp_synapses(cfg.archi)
+
+        def make(bias=True):
+            return _mlp_synapses(cfg.archi, bias=bias)
     else:
         in_shape = (in_channels, in_size, in_size)
-        synapses = _cnn_synapses(in_channels, in_size, cfg.channels, cfg.kernels, cfg.strides,
-                                 cfg.paddings, cfg.pools, cfg.fc)
-    if cfg.name.startswith("vf_"):
+
+        def make(bias=True):
+            return _cnn_synapses(in_channels, in_size, cfg.channels, cfg.kernels, cfg.strides,
+                                 cfg.paddings, cfg.pools, cfg.fc, bias=bias)
+    synapses = make()
+    if kind.vector_field:
         n_layers = len(synapses) - (1 if loss.softmax_readout else 0)
         # B_{k+1} is shaped like forward synapse k+1; the read-out has no backward twin.
-        if cfg.name == "vf_mlp":
-            backward = _mlp_synapses(cfg.archi, bias=False)[1:n_layers]
-        else:
-            backward = _cnn_synapses(in_channels, in_size, cfg.channels, cfg.kernels, cfg.strides,
-                                     cfg.paddings, cfg.pools, cfg.fc, bias=False)[1:n_layers]
+        backward = make(bias=False)[1:n_layers]
         model = VectorFieldNet(synapses, backward, act, loss, in_shape, same_update=cfg.same_update)
     else:
         model = EnergyNet(synapses, act, loss, in_shape)

@@ -82,11 +82,8 @@ class EnergyNet(nn.Module):
 
     def _nudge(self, state: State, y, ctx_last):
         """dC/ds_{n-1}."""
-        if self.loss.softmax_readout:
-            readout = self.synapses[-1]
-            logits = readout.drive(state[-1])[0]
-            return readout.feedback(self.loss.grad(logits, y), ctx_last)
-        return self.loss.grad(state[-1], y)
+        readout = self.synapses[-1] if self.loss.softmax_readout else None
+        return self.loss.nudge(state[-1], self.loss.target(y, state[-1], readout), readout, ctx_last)
 
     def step(self, drive0, state: State, beta: float = 0.0, y=None, layers: Optional[Sequence[int]] = None) -> State:
         """One fixed-point iteration s_k <- sigma(dPhi/ds_k) for the layers in `layers` (all by default),

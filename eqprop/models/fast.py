@@ -2,11 +2,12 @@
 
 `model.step` is the definition (tested against autograd of Phi in float64); `FastStepper` computes
 the same thing (tested against `model.step` in tests/test_fast_path.py) and is what `relax` runs
-when no autograd graph is wanted. Where the time goes and what it saves:
+when no autograd graph is wanted. It runs an explicit plan (`choose_kernels`, eqprop.models.step_plan)
+and changes nothing on the model. What it saves (measurements: benchmarks/README.md):
 - two buffers per layer (ping-pong): a step writes the new state over the state before last, so a
   relaxation allocates once instead of every step (what dominates small nets such as the MLP);
 - accumulation in place: the feedback GEMM adds onto the drive (`addmm` with `out=`), the
-  activation is applied with in-place clamps;
+  activation is applied in place (its form: eqprop.activations);
 - one forward pass per synapse per step: a synapse's max-pool indices route both the drive of the
   layer above and the transpose feeding back into the layer below. In async mode the indices are
   kept across half steps while the layer they were computed from is unchanged, so async costs
@@ -14,46 +15,31 @@ when no autograd graph is wanted. Where the time goes and what it saves:
 - beta may be a per-example tensor, so the +beta and -beta nudged phases run as one batch;
 - every buffer has a fixed address, so a CUDA graph can capture steps and replay them.
 """
-import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from eqprop import activations as A
-from eqprop.models.synapses import ConvPool, Dense
-
-# sigma(x) = post(scale * x): the scale folds into the weights of dense layers (scaled copies, see
-# FastStepper._dense_plan) or into the last op of a conv layer's pre-activation; post runs in place.
-# (1 + hardtanh(x - 1)) / 2 == clamp(x / 2, 0, 1) and sigmoid(4 (x - 0.5)) == sigmoid(4 x - 2), up to
-# the rounding of one subtraction. The third entry describes post for the native kernel
-# (eqprop/kernels/dense.py): clamp to [a, b], sigmoid(t - a), or tanh.
-_SPLIT = {
-    A.my_hard_sig: (0.5, lambda t: t.clamp_(0.0, 1.0), ("clamp", 0.0, 1.0)),
-    A.hard_sigmoid: (1.0, lambda t: t.clamp_(0.0, 1.0), ("clamp", 0.0, 1.0)),
-    A.ctrd_hard_sig: (1.0, lambda t: t.clamp_(-0.5, 0.5), ("clamp", -0.5, 0.5)),
-    A.my_sigmoid: (4.0, lambda t: t.sub_(2.0).sigmoid_(), ("sigmoid", 2.0, 0.0)),
-    torch.tanh: (1.0, torch.tanh_, ("tanh", 0.0, 0.0)),
-}
+from eqprop.activations import inplace_activation  # noqa: F401  (the in-place form of an activation)
+from eqprop.models.step_plan import StepPlan, choose_kernels, choose_layout  # noqa: F401
 
 
-def split_activation(fn):
-    """(scale, post): fn(x) == post(scale * x), post in place (a copy for unknown activations)."""
-    entry = _SPLIT.get(fn)
-    return entry[:2] if entry is not None else (1.0, lambda t: t.copy_(fn(t)))
-
-
-def post_form(fn):
-    """(kind, a, b): what post of activation `fn` computes ("clamp" to [a, b], "sigmoid" of t - a,
-    "tanh"), for kernels that implement it themselves; None for activations not in the table."""
-    entry = _SPLIT.get(fn)
-    return None if entry is None else entry[2]
-
-
-def inplace_activation(fn):
-    """The in-place form of activation `fn`."""
-    scale, post = split_activation(fn)
-    return post if scale == 1.0 else (lambda t: post(t.mul_(scale)))
+@dataclass(frozen=True)
+class DenseView:
+    """What a dense net's step reads, for kernels that run the step themselves (eqprop.kernels.dense).
+    Valid until the stepper's next `load`; `cur` and `nxt` are the stepper's own lists, whose
+    entries swap after every step."""
+    plan: StepPlan
+    batch: int
+    cur: list
+    nxt: list
+    base0: torch.Tensor     # scale_0 * f_0(x), layer 0's constant drive
+    weights: tuple          # per layer (W_k, b_k, feedback weight), multiplied by the layer's scale; None: absent
+    nudged: bool
+    neg_beta: object        # -beta * the top layer's scale: a float, or a (batch, 1) tensor
+    target: Optional[torch.Tensor]
+    readout: Optional[torch.nn.Module]
+    loss: object
 
 
 class FastStepper:
@@ -63,10 +49,13 @@ class FastStepper:
     with one value per example; y: the targets when nudged. With `static=True` every input lives in
     a buffer owned by the stepper (refilled by `load`), which is what CUDA graph replay needs.
     memory_format: of the 4-d state buffers; by default that of drive0 (see `choose_layout`).
+    plan: the step's plan; by default `choose_kernels` for this device and layout.
+    Public: `plan`, `state` (`cur`, and `nxt` the buffers the next step writes), `load`, `step`,
+    `residual`, `prime`, `dense_view`.
     """
 
     def __init__(self, model, drive0, state: Sequence[torch.Tensor], beta=0.0, y=None,
-                 static: bool = False, memory_format=None):
+                 static: bool = False, memory_format=None, plan: Optional[StepPlan] = None):
         self.model = model
         self.n = n = model.n_layers
         self.static = static
@@ -76,10 +65,12 @@ class FastStepper:
         self.nxt = [_buffer(s, memory_format) for s in state]
         self.batch = batch = self.cur[0].shape[0]
         dev, dt = self.cur[0].device, self.cur[0].dtype
-        scale, post = split_activation(model.activation)
-        self.scale, self.post = [scale] * n, [post] * n
-        if model.loss.linear_output:
-            self.scale[-1], self.post[-1] = 1.0, None
+        if plan is None:
+            plan = choose_kernels(model, dev, memory_format is torch.channels_last)
+        self.plan = plan
+        self.scale = [layer.scale for layer in plan.layers]
+        self.post = [None if layer.activation is None else layer.activation.post_in_place() for layer in plan.layers]
+        self.kernels = [layer.drive for layer in plan.layers]  # of forward synapse k (conv)
         self.syn = syn = list(model.synapses)  # a plain list: ModuleList indexing costs microseconds
 
         # Forward contexts: synapse j (1 <= j < n) reads layer j - 1; its ctx is static except the
@@ -92,26 +83,25 @@ class FastStepper:
         # Feedback into layer k < n - 1 goes through model.feedback_synapse(k), which reads layer k:
         # synapse k + 1 itself (symmetric nets: ctx shared with the drive of layer k + 1) or a
         # backward twin with its own indices and a scratch output (vector-field nets).
-        # Entries: (synapse, ctx, validity key or None when the ctx is static, scratch or None).
+        # Entries: (synapse, ctx, validity key or None when the ctx is static, scratch or None, kernels).
         self.fb = []
         for k in range(n - 1):
             s_fb, shared = model.feedback_synapse(k)
+            kernels = plan.layers[k].feedback
             if shared:
-                self.fb.append((s_fb, self.fwd_ctx[k + 1], ("f", k + 1) if s_fb.needs_ctx else None, None))
+                self.fb.append((s_fb, self.fwd_ctx[k + 1], ("f", k + 1) if s_fb.needs_ctx else None, None, kernels))
             else:
                 idx = torch.empty_like(self.cur[k + 1], dtype=torch.long) if s_fb.needs_ctx else None
                 scratch = torch.empty_like(self.cur[k + 1]) if s_fb.needs_ctx else None
                 self.fb.append((s_fb, s_fb.static_ctx(self.cur[k].shape, idx),
-                                ("b", k) if s_fb.needs_ctx else None, scratch))
+                                ("b", k) if s_fb.needs_ctx else None, scratch, kernels))
         self.track = any(entry[2] is not None for entry in self.fb)
-        choose_kernels([(syn[j], self.cur[j - 1].shape) for j in range(1, n)]
-                       + [(entry[0], self.cur[k].shape) for k, entry in enumerate(self.fb)], dev,
-                       memory_format is torch.channels_last)
         self.readout = syn[n] if model.loss.softmax_readout else None
         self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
         self.valid = set()  # keys of contexts computed from the current value of the layer they read
         self.orders = {}
-        self.dense = [self._dense_plan(k) for k in range(n)]
+        self.copies = {}  # (id(weight), scale) -> (weight, its scaled copy, scale): one copy per pair
+        self.dense = [self._dense_slots(k) for k in range(n)]
         self.base0 = None
 
         self.nudged = torch.is_tensor(beta) or beta != 0.0
@@ -141,9 +131,7 @@ class FastStepper:
         self._refresh_dense()
         if not self.nudged:
             return
-        out_dim = (self.model.synapses[-1].out_features if self.readout is not None
-                   else self.cur[-1].shape[1])
-        target = F.one_hot(y, out_dim).to(self.cur[-1].dtype)
+        target = self.model.loss.target(y, self.cur[-1], self.readout)
         shape = (self.batch,) + (1,) * (self.cur[-1].dim() - 1)
         # the nudge is added to the scaled pre-activation: fold the activation's scale into -beta
         scale = self.scale[-1]
@@ -159,22 +147,22 @@ class FastStepper:
                              else -float(beta) * scale)
 
     # ----- dense layers: the activation's scale folded into scaled copies of the weights ----------
-    def _dense_plan(self, k):
-        """For a 2-d layer k whose synapses are all Dense (the MLP, the CNN's fc layers): the
-        parameters its update reads, as [(source tensor, scaled buffer or None)]: forward weight and
-        bias of synapse k (k > 0), then the feedback weight (k < n - 1). None for other layers.
-
-        Why: addmm with alpha = beta = scale != 1 runs a separate scaling pass (~1.6x slower on the
-        MLP's 128x10 @ 10x512 here). With a power-of-two scale (every split activation's), scaling
-        the weights and the input drive once per relaxation gives bitwise the same products."""
+    def _dense_slots(self, k):
+        """For a layer the plan marks dense (the MLP, the CNN's fc layers): the parameters its
+        update reads, as [(source tensor, scaled copy or None)]: forward weight and bias of synapse
+        k (k > 0), then the feedback weight (k < n - 1). None for other layers. A symmetric net's
+        W_{k+1} feeds layer k + 1 and back into layer k: with one scale, one copy serves both."""
+        if not self.plan.layers[k].dense:
+            return None
         scale, syn, n = self.scale[k], self.syn, self.n
-        if self.cur[k].dim() != 2 or math.frexp(scale)[0] != 0.5 or n == 1:
-            return None
-        if (k > 0 and not isinstance(syn[k], Dense)) or (k + 1 < n and not isinstance(self.fb[k][0], Dense)):
-            return None
 
         def slot(t):
-            return (t, None) if t is None or scale == 1.0 else (t, torch.empty_like(t))
+            if t is None or scale == 1.0:
+                return (t, None)
+            key = (id(t), scale)
+            if key not in self.copies:
+                self.copies[key] = (t, torch.empty_like(t), scale)
+            return (t, self.copies[key][1])
         fwd = (slot(syn[k].weight), slot(syn[k].bias)) if k > 0 else ((None, None), (None, None))
         fb = slot(self.fb[k][0].weight) if k + 1 < n else (None, None)
         return [fwd[0], fwd[1], fb]
@@ -190,19 +178,25 @@ class FastStepper:
                 if self.base0 is None or not self.static:
                     self.base0 = torch.empty_like(self.cur[0])  # the layout of layer 0's buffers
                 torch.mul(self.drive0, scale, out=self.base0)
-        self.dense_fn, self.dense_args = [], []
-        for k, plan in enumerate(self.dense):
-            if plan is None:
+        for src, buf, scale in self.copies.values():
+            torch.mul(src.detach(), scale, out=buf)
+        self.dense_fn, self.dense_weights = [], []
+        for k, slots in enumerate(self.dense):
+            if slots is None:
                 self.dense_fn.append(None)
-                self.dense_args.append(None)
+                self.dense_weights.append(None)
                 continue
-            got = []
-            for src, buf in plan:
-                if buf is not None:
-                    torch.mul(src.detach(), self.scale[k], out=buf)
-                got.append(src.detach() if buf is None and src is not None else buf)
-            self.dense_args.append(got)  # (W_k, b_k, feedback weight), scaled: the native kernel reads them too
+            got = [buf if buf is not None else (None if src is None else src.detach()) for src, buf in slots]
+            self.dense_weights.append(tuple(got))
             self.dense_fn.append(self._dense_fn(k, *got))
+
+    def dense_view(self) -> Optional[DenseView]:
+        """The tensors a dense net's step reads, or None when some layer is not dense."""
+        if not self.plan.all_dense:
+            return None
+        return DenseView(self.plan, self.batch, self.cur, self.nxt, self.base0, tuple(self.dense_weights),
+                         self.nudged, self.neg_beta if self.nudged else None, self.target if self.nudged else None,
+                         self.readout, self.model.loss)
 
     def _dense_fn(self, k, w, b, wb):
         """The update of dense layer k as a closure (cur, out) -> None over fixed tensors:
@@ -259,7 +253,7 @@ class FastStepper:
         if order is None:
             order = self.orders[key] = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
         n, cur, nxt, syn, valid, track = self.n, self.cur, self.nxt, self.syn, self.valid, self.track
-        dense = self.dense_fn
+        dense, kernels = self.dense_fn, self.kernels
         for k in order:
             out, scale = nxt[k], self.scale[k]
             fn = dense[k]
@@ -269,19 +263,19 @@ class FastStepper:
                     self._nudge(out, cur[k])
             elif k + 1 < n:
                 if k > 0:
-                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k])
+                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k], 1.0, kernels[k])
                     if track:
                         valid.add(("f", k))
-                s_fb, ctx, key, scratch = self.fb[k]
+                s_fb, ctx, key, scratch, fb_kernels = self.fb[k]
                 if key is not None and key not in valid:
                     # Only the indices are wanted; the pooled output lands in scratch, or in the
                     # buffer of layer k + 1, which this call does not update (else it would be valid).
-                    s_fb.drive_into(cur[k], nxt[k + 1] if scratch is None else scratch, ctx[1])
+                    s_fb.drive_into(cur[k], nxt[k + 1] if scratch is None else scratch, ctx[1], 1.0, fb_kernels)
                     valid.add(key)
-                s_fb.feedback_into(cur[k + 1], ctx, self.drive0 if k == 0 else out, out, scale)
+                s_fb.feedback_into(cur[k + 1], ctx, self.drive0 if k == 0 else out, out, scale, fb_kernels)
             else:  # the top layer: no feedback, maybe a nudge
                 if k > 0:
-                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k], scale)
+                    syn[k].drive_into(cur[k - 1], out, self.fwd_idx[k], scale, kernels[k])
                     if track:
                         valid.add(("f", k))
                 else:
@@ -304,19 +298,15 @@ class FastStepper:
         for key in keys:
             kind, j = key
             if kind == "f":
-                syn[j].drive_into(self.cur[j - 1], self.nxt[j], self.fwd_idx[j])
+                syn[j].drive_into(self.cur[j - 1], self.nxt[j], self.fwd_idx[j], 1.0, self.kernels[j])
             else:
-                s_fb, ctx, _, scratch = self.fb[j]
-                s_fb.drive_into(self.cur[j], scratch, ctx[1])
+                s_fb, ctx, _, scratch, kernels = self.fb[j]
+                s_fb.drive_into(self.cur[j], scratch, ctx[1], 1.0, kernels)
             self.valid.add(key)
 
     def _nudge(self, out, last):
         """out += scale * -beta * dC/ds_{n-1}, from the current (pre-step) last layer."""
-        loss = self.model.loss
-        z = self.readout.drive(last)[0] if self.readout is not None else last
-        g = torch.sub(z, self.target) if loss.name == "mse" else torch.softmax(z, dim=1).sub_(self.target)
-        if self.readout is not None:
-            g = self.readout.feedback(g, self.readout_ctx)
+        g = self.model.loss.nudge(last, self.target, self.readout, self.readout_ctx)
         if torch.is_tensor(self.neg_beta):
             out.addcmul_(self.neg_beta, g)
         else:
@@ -326,50 +316,13 @@ class FastStepper:
         """Largest |change| made by the last full step (every layer updated once since), on device.
 
         sub / in-place abs / amax per layer, combined on device (one host sync for the caller):
-        measured ~4x cheaper than torch.dist(..., inf), whose norm kernel is slow on CPU, and the
-        check may run every step."""
+        cheaper than torch.dist(..., inf), whose norm kernel is slow on CPU, and the check may run
+        every step."""
         out = None
         for c, p in zip(self.cur, self.nxt):
             r = torch.sub(c, p).abs_().amax()
             out = r if out is None else torch.maximum(out, r)
         return out
-
-
-def choose_layout(drive0):
-    """Channels-last state buffers when drive0 is channels-last (the caller converted the model or
-    the input, or set Dynamics.channels_last), NCHW otherwise."""
-    if drive0.dim() == 4 and not drive0.is_contiguous() and drive0.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.preserve_format
-
-
-def choose_kernels(pairs, device, channels_last=False):
-    """Pick the fast-path kernels of each conv synapse, given (synapse, input shape) pairs.
-
-    Why these (measured with python -m eqprop.bench and the micro-benchmarks in benchmarks/README.md):
-    - CPU, NCHW (default): the forward convs are autograd's (oneDNN), so states match the original
-      way to the rounding of a few additions. That matters: a max-pool window whose two largest
-      inputs are within rounding of each other routes the feedback elsewhere when a conv rounds
-      differently, and the paper CNN has many such near-ties. The transposes are oneDNN's
-      backward-data kernel, except for convs with at most 4 output positions (the paper CNN's
-      4x4 -> 2x2 conv), where one GEMM + fold is several times faster than oneDNN; a transpose only
-      feeds the states, not the pooling, so its rounding does not move the routing. The pooling
-      goes through a channels-last copy (PyTorch's NCHW max-pool kernel on CPU is slow).
-    - CPU, channels-last (opt-in): oneDNN's channels-last convolutions, and GEMMs both ways for the
-      tiny maps. Faster; equal to the NCHW path up to near-tie routing (max difference ~1e-3 on the
-      paper CNN).
-    - GPU: cuDNN's conv and transposed conv in either layout."""
-    for syn, in_shape in pairs:
-        if not isinstance(syn, ConvPool):
-            continue
-        syn.pool_via_cl = False
-        tiny = math.prod(syn._conv_shape(in_shape)[2:]) <= 4
-        if device.type != "cpu":
-            syn.fwd_impl, syn.bwd_impl = "conv", "convT"
-        elif not channels_last:
-            syn.fwd_impl, syn.bwd_impl, syn.pool_via_cl = "conv", "gemm" if tiny else "data", True
-        else:
-            syn.fwd_impl, syn.bwd_impl = ("gemm", "gemm") if tiny else ("conv", "data")
 
 
 NARROW = 32  # 2-d layers at most this wide are stored feature-major (see _buffer)
@@ -378,7 +331,7 @@ NARROW = 32  # 2-d layers at most this wide are stored feature-major (see _buffe
 def _buffer(like, fmt):
     """An uninitialised state buffer shaped like `like`. A narrow 2-d layer (an output layer of
     10 units) is stored feature-major, as the transposed view of a (width, batch) tensor: its drive
-    W s + b then comes from a GEMM with a long output dimension, which MKL runs ~2x faster than the
+    W s + b then comes from a GEMM with a long output dimension, which MKL runs faster than the
     (batch, 10) one. Every consumer takes the (batch, width) view, whatever its strides."""
     if like.dim() == 2 and like.shape[1] <= NARROW:
         return torch.empty(like.shape[1], like.shape[0], device=like.device, dtype=like.dtype).t()

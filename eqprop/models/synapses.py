@@ -7,10 +7,15 @@ Each synapse knows two things:
 Both are plain tensor ops, so the same code runs under no_grad (EP relaxation) and with autograd (BPTT).
 
 The fast relaxation path (eqprop.models.fast) uses three more, checked against the two above:
-- `drive_into(s, out, idx)`: f(s) written into a preallocated buffer (max-pool indices into `idx`);
-- `feedback_into(g, ctx, base, out)`: out = base + feedback(g, ctx), accumulating in place;
+- `drive_into(s, out, idx, scale, kernels)`: f(s) written into a preallocated buffer (max-pool
+  indices into `idx`);
+- `feedback_into(g, ctx, base, out, scale, kernels)`: out = base + feedback(g, ctx), in place;
 - `param_grads(s, g, ctx)`: d<g, f(s)>/d(weight, bias) in closed form, for the EP update.
+`kernels` (a `ConvKernels`, from the fast path's plan) picks how a conv synapse computes them; a
+synapse holds no fast-path state of its own.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +23,22 @@ import torch.nn.functional as F
 from eqprop.models.dropout import MaskedInput
 
 POOLS = ("m", "a", "i")
+
+
+@dataclass(frozen=True)
+class ConvKernels:
+    """The kernels of ConvPool's fast-path methods (chosen by eqprop.models.fast.choose_kernels).
+
+    fwd: "conv" (oneDNN/cuDNN) or "gemm" (unfold + one GEMM); bwd: "convT" (conv_transpose2d),
+    "data" (the conv's backward-data kernel) or "gemm" (one GEMM + fold); pool_via_cl: max-pool an
+    NCHW conv output through a channels-last copy (PyTorch's NCHW max-pool kernel on CPU is slow;
+    values and indices are identical). The defaults are the definitional ops of `drive`/`feedback`."""
+    fwd: str = "conv"
+    bwd: str = "convT"
+    pool_via_cl: bool = False
+
+
+DEFINITIONAL = ConvKernels()
 
 
 class Dense(MaskedInput, nn.Linear):
@@ -36,8 +57,8 @@ class Dense(MaskedInput, nn.Linear):
     def static_ctx(self, in_shape, idx=None):
         return torch.Size(in_shape)
 
-    def drive_into(self, s, out, idx=None, scale=1.0):
-        """out = scale * f(s); `out` may be a feature-major (transposed) buffer."""
+    def drive_into(self, s, out, idx=None, scale=1.0, kernels=None):
+        """out = scale * f(s); `out` may be a feature-major (transposed) buffer. (`kernels`: conv only.)"""
         if s.dim() != 2:
             s = s.flatten(1)
         if out.stride(0) == 1 and out.shape[1] > 1:
@@ -56,7 +77,7 @@ class Dense(MaskedInput, nn.Linear):
         else:
             torch.addmm(self.bias, s, self.weight.t(), beta=scale, alpha=scale, out=out)
 
-    def feedback_into(self, g, ctx, base, out, scale=1.0):
+    def feedback_into(self, g, ctx, base, out, scale=1.0, kernels=None):
         """out = scale * (base + feedback(g)): one GEMM accumulating onto base, no temporary."""
         if out.dim() == 2 and out.is_contiguous():
             torch.addmm(base, g, self.weight, beta=scale, alpha=scale, out=out)
@@ -126,17 +147,8 @@ class ConvPool(MaskedInput, nn.Conv2d):
         """The context `drive` would return, with the max-pool indices living in buffer `idx`."""
         return (torch.Size(in_shape), idx, self._conv_shape(in_shape))
 
-    # Kernels of the fast path, set by eqprop.models.fast.choose_kernels from measurements:
-    # forward "conv" (oneDNN/cuDNN) or "gemm" (unfold + one GEMM); transpose "convT"
-    # (conv_transpose2d), "data" (the conv's backward-data kernel) or "gemm" (one GEMM + fold).
-    fwd_impl = "conv"
-    bwd_impl = "convT"
-    # Max-pool an NCHW conv output through a channels-last copy: PyTorch's NCHW max-pool kernel on
-    # CPU is several times slower than its channels-last one; values and indices are identical.
-    pool_via_cl = False
-
-    def _conv_fast(self, s):
-        if self.fwd_impl == "conv":
+    def _conv_fast(self, s, fwd):
+        if fwd == "conv":
             return F.conv2d(s, self.weight, self.bias, self.stride, self.padding)
         n, (ho, wo) = s.shape[0], self._conv_shape(s.shape)[2:]
         cols = F.unfold(s, self.kernel_size, padding=self.padding, stride=self.stride)  # n, cin*k*k, L
@@ -145,14 +157,14 @@ class ConvPool(MaskedInput, nn.Conv2d):
         h = torch.mm(w, cols) if self.bias is None else torch.addmm(self.bias.unsqueeze(1), w, cols)
         return h.view(self.out_channels, n, ho, wo).transpose(0, 1)
 
-    def _transpose_fast(self, gu, ctx, like):
+    def _transpose_fast(self, gu, ctx, like, bwd):
         """feedback's transposed conv of the unpooled gu; `like` has the input's shape and layout."""
         in_shape = ctx[0]
-        if self.bwd_impl == "data":
+        if bwd == "data":
             return torch.ops.aten.convolution_backward(
                 gu, like, self.weight, None, self.stride, self.padding, self.dilation, False, [0, 0], 1,
                 [True, False, False])[0]
-        if self.bwd_impl == "gemm":
+        if bwd == "gemm":
             n, c = gu.shape[:2]
             g = gu.transpose(0, 1).reshape(c, -1)                                   # cout, n*L
             cols = torch.mm(self.weight.reshape(c, -1).t(), g)                       # cin*k*k, n*L
@@ -166,11 +178,11 @@ class ConvPool(MaskedInput, nn.Conv2d):
         out_pad = [in_shape[d] - ((h_shape[d] - 1) * st - 2 * p + k) for d in (2, 3)]
         return F.conv_transpose2d(gu, self.weight, None, st, p, out_pad)
 
-    def drive_into(self, s, out, idx=None, scale=1.0):
+    def drive_into(self, s, out, idx=None, scale=1.0, kernels=DEFINITIONAL):
         """out = scale * f(s), max-pool indices into idx."""
-        h = self._conv_fast(s)
+        h = self._conv_fast(s, kernels.fwd)
         if self.pool == "m":
-            if self.pool_via_cl and not h.is_contiguous(memory_format=torch.channels_last):
+            if kernels.pool_via_cl and not h.is_contiguous(memory_format=torch.channels_last):
                 h = h.contiguous(memory_format=torch.channels_last)
             torch.ops.aten.max_pool2d_with_indices.out(h, [2, 2], [2, 2], [0, 0], [1, 1], False,
                                                        out=out, indices=idx)
@@ -181,9 +193,9 @@ class ConvPool(MaskedInput, nn.Conv2d):
         if scale != 1.0:
             out.mul_(scale)
 
-    def feedback_into(self, g, ctx, base, out, scale=1.0):
+    def feedback_into(self, g, ctx, base, out, scale=1.0, kernels=DEFINITIONAL):
         """out = scale * (base + feedback(g))."""
-        fb = self._transpose_fast(self._unpool(g, ctx), ctx, out)
+        fb = self._transpose_fast(self._unpool(g, ctx), ctx, out, kernels.bwd)
         torch.add(base, fb, out=out)
         if scale != 1.0:
             out.mul_(scale)

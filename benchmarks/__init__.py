@@ -1,0 +1,1 @@
+"""Benchmarks of eqprop (run on demand, never in the test suite): see benchmarks/README.md."""
