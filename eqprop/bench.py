@@ -156,8 +156,10 @@ def eqprop_states(model, x, y, cfg, dyn, gen):
     if cfg["est"] == "bptt":
         est = BPTT()(model, x, y, dyn, gen)
         return {"final": est.free}, est.grads, est.steps
-    free, plus, minus = Symmetric(BETA).phases(model, x, y, dyn)
-    grads = model.ep_grads(x, y, (plus.state, BETA), (minus.state, -BETA), 2 * BETA, free=free.state)
+    est = Symmetric(BETA)
+    free, plus, minus = est.phases(model, x, y, dyn)
+    send = model.sending_state(free.state, [plus.state, minus.state])
+    grads = est.update(model, x, y, free.state, [(plus.state, BETA), (minus.state, -BETA)], send)
     return ({"free": free.state, "plus": plus.state, "minus": minus.state}, grads,
             {"free": free.steps, "nudged": plus.steps})
 

@@ -12,12 +12,14 @@ symmetric one O(beta^2) (order 2). A random sign draws the sign of beta once per
 single estimate is as far from BPTT as a one-sided one (order 1); it is only unbiased on average.
 """
 import json
+import logging
 import math
 from pathlib import Path
 
-import torch
+from eqprop.estimators import build_estimator
+from eqprop.gdu import bptt_traces, compare
 
-from eqprop.gdu import bptt_traces, compare, ep_traces
+log = logging.getLogger(__name__)
 
 ESTIMATORS = ("one_sided", "random_sign", "symmetric")
 EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2}
@@ -63,11 +65,8 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
     for est in estimators:
         prev = None
         for beta in betas:
-            sign = 1.0
-            if est == "random_sign":
-                # drawn here rather than inside ep_traces so that the table can say which sign it got
-                sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
-            ep = ep_traces(model, x, y, free, T2, sign * beta, "one_sided" if est == "random_sign" else est)
+            ep, drawn = build_estimator(est, beta).traces(model, x, y, free, T2, generator)
+            sign = 1.0 if drawn[0] > 0 else -1.0  # the sign of the (first) phase's beta: random_sign's draw
             per_key = compare(bptt, ep)
             row = {
                 "estimator": est, "beta": beta, "sign": sign,
@@ -187,7 +186,7 @@ def write_study(study: dict, out_dir, title: str = "GDU study") -> None:
 
 
 def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
-    """mode=gducheck with gdu.betas: the study on the batch the single check would use."""
+    """mode=gducheck with gdu.betas: the study on the examples the single check would use."""
     study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, generator=generator)
     m = cfg.model
     shape = m.archi if m.name in ("mlp", "vf_mlp") else f"channels {m.channels}, fc {m.fc}"
@@ -196,5 +195,5 @@ def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     if logger is not None:
         logger.log_summary({f"gdu_study/{r['estimator']}/beta={r['beta']:g}/rmse_params": r["rmse_params"]
                             for r in study["rows"]})
-    print(to_markdown(study, title).split("\n## ")[0], flush=True)
+    log.info("%s", to_markdown(study, title).split("\n## ")[0])
     return study
