@@ -21,6 +21,7 @@ def ctrd_hard_sig(x):
 
 ACTIVATIONS = {
     "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,  # the original's --act sigmoid
     "my_sigmoid": my_sigmoid,
     "mysig": my_sigmoid,  # the original README's spelling
     "hard_sigmoid": hard_sigmoid,
