@@ -53,9 +53,9 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
     are computed once and every EP estimate is compared with the same ground truth."""
     betas = sorted(float(b) for b in betas)
     names = [name for name, _ in model.named_parameters()]
-    # The softmax read-out sits outside the energy: BPTT puts its whole gradient on the last step
-    # while EP's per-step "update" is the change of its nudging term, so the theorem says nothing
-    # about its traces and it stays out of the averages (it is still in per_key).
+    # The softmax read-out sits outside the energy, so the averages (the energy's parameters) leave it
+    # out; it is still in per_key. (BPTT puts its whole gradient on the last free step; EP's traces,
+    # whose first step starts from beta 0, put dC/dtheta at one nudged step there and its changes after.)
     readout = f"synapses.{model.n_layers}." if model.loss.softmax_readout else None
     readout_keys = [k for k in names if readout and k.startswith(readout)]
     param_keys = [k for k in names if k not in readout_keys]
