@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from eqprop.estimators import BPTT, Dynamics, Symmetric
+from eqprop.estimators import BPTT, Dynamics, Symmetric, build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
 from eqprop.models.synapses import ConvPool
@@ -147,8 +147,7 @@ class Reference:
 
 # ----- eqprop's side, the way the app calls it ------------------------------------------------------
 def eqprop_step(model, x, y, cfg, dyn, gen):
-    est = BPTT() if cfg["est"] == "bptt" else Symmetric(BETA)
-    return est(model, x, y, dyn, gen)
+    return build_estimator(cfg["est"], BETA)(model, x, y, dyn, gen)
 
 
 def eqprop_states(model, x, y, cfg, dyn, gen):
