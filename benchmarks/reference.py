@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from eqprop.estimators import BPTT, Symmetric
+from eqprop.estimators import BPTT, Symmetric, build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
 from eqprop.models.synapses import ConvPool
@@ -116,8 +116,7 @@ class Reference:
 
 # ----- eqprop's side, the way the app calls it ------------------------------------------------------
 def eqprop_step(model, x, y, cfg, dyn, gen):
-    est = BPTT() if cfg["est"] == "bptt" else Symmetric(BETA)
-    return est(model, x, y, dyn, gen)
+    return build_estimator(cfg["est"], BETA)(model, x, y, dyn, gen)
 
 
 def eqprop_states(model, x, y, cfg, dyn, gen):
@@ -125,8 +124,10 @@ def eqprop_states(model, x, y, cfg, dyn, gen):
     if cfg["est"] == "bptt":
         est = BPTT()(model, x, y, dyn, gen)
         return {"final": est.free}, est.grads, est.steps
-    free, plus, minus = Symmetric(BETA).phases(model, x, y, dyn)
-    grads = model.ep_grads(x, y, (plus.state, BETA), (minus.state, -BETA), 2 * BETA, free=free.state)
+    est = Symmetric(BETA)
+    free, plus, minus = est.phases(model, x, y, dyn)
+    send = model.sending_state(free.state, [plus.state, minus.state])
+    grads = est.update(model, x, y, free.state, [(plus.state, BETA), (minus.state, -BETA)], send)
     return ({"free": free.state, "plus": plus.state, "minus": minus.state}, grads,
             {"free": free.steps, "nudged": plus.steps})
 

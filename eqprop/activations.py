@@ -75,6 +75,7 @@ class Activation:
 
 _TABLE = (
     Activation("tanh", torch.tanh, 1.0, Post("tanh")),
+    Activation("sigmoid", torch.sigmoid),  # the original's --act sigmoid; no fast in-place form
     Activation("my_sigmoid", my_sigmoid, 4.0, Post("sigmoid", 2.0)),
     Activation("hard_sigmoid", hard_sigmoid, 1.0, Post("clamp", 0.0, 1.0)),
     Activation("my_hard_sig", my_hard_sig, 0.5, Post("clamp", 0.0, 1.0)),

@@ -4,6 +4,7 @@ Exit codes: 0 done, 2 bad configuration or input, 3 diverged, 128+signal when st
 (after saving a checkpoint).
 """
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -17,6 +18,8 @@ from eqprop.engine import (CHECKPOINT_KEYS, MODEL_KEYS, Diverged, Interrupted, R
                            evaluate, resolve_device, train)
 from eqprop.loggers import build_logger
 from eqprop.tasks import check_available
+
+log = logging.getLogger(__name__)
 
 
 def _adopt_architecture(cfg: RunConfig, stored: dict, where: Path) -> None:
@@ -103,32 +106,50 @@ def _evaluate(cfg, device, weights, run_dir):
     return line
 
 
+def _first_examples(data, n: int):
+    """The first n training examples in the dataset's order (across batches if a batch is smaller)."""
+    xs, ys, got = [], [], 0
+    for _, x, y in data.iterate():
+        xs.append(x[: n - got])
+        ys.append(y[: n - got])
+        got += xs[-1].shape[0]
+        if got >= n:
+            break
+    return torch.cat(xs), torch.cat(ys)
+
+
 def _gducheck(cfg, device, weights, run_dir, logger):
-    from eqprop.gdu import gdu_check, plot_gdu
+    from eqprop.gdu import full_check, n_examples
+    from eqprop.gdu_plots import plot_bars, plot_gdu
 
     run = Run(cfg, run_dir, device)
     if weights is not None:
         run.model.load_state_dict(weights["model"])
-    n = cfg.task.batch_size
-    _, x, y = next(run.train.iterate(torch.arange(len(run.train.dataset))))
-    x, y = x[:n], y[:n]
-    est = cfg.estimator.name if cfg.estimator.name != "bptt" else "one_sided"
+    x, y = _first_examples(run.train, n_examples(cfg.gdu, periodic=False))
     gen = torch.Generator().manual_seed(cfg.seed)
+    out_dir = Path(cfg.load_path) if cfg.load_path else run_dir
     if cfg.gdu.betas:  # the study over beta and all three EP estimates replaces the single check
         from eqprop.gdu_study import run_from_config
 
-        return run_from_config(cfg, run.model, x, y, Path(cfg.load_path) if cfg.load_path else run_dir, gen, logger)
-    bptt, ep, metrics = gdu_check(run.model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.estimator.beta, est, gen)
-    out_dir = Path(cfg.load_path) if cfg.load_path else run_dir
-    result = {"estimator": est, "beta": cfg.estimator.beta, "T1": cfg.dynamics.T1, "T2": cfg.dynamics.T2,
-              "n_examples": int(x.shape[0]), "metrics": metrics}
-    tmp = out_dir / "gdu.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out_dir / "gdu.json")
-    plot_gdu(bptt, ep, out_dir / "gdu.png")
-    logger.log_gdu(metrics, 0)
-    for key, m in metrics.items():
-        print(f"[eqprop] GDU {key:28s} RMSE {m['rmse']:.4f}  sign error {m['sign_error']:.4f}")
+        return run_from_config(cfg, run.model, x, y, out_dir, gen, logger)
+    check = full_check(run.model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, run.estimator.checked_estimate(), gen)
+    result = {"estimator": cfg.estimator.name, "checked": check["checked"], "betas": check["betas"],
+              "T1": cfg.dynamics.T1, "T2": cfg.dynamics.T2, "n_examples": int(x.shape[0]),
+              "metrics": check["metrics"]}
+    if "bars" in check:
+        result["bars"] = check["bars"]
+    ckpt.write_text_atomic(out_dir / "gdu.json", json.dumps(result, indent=2))
+    ckpt.save_atomic({k: check[k] for k in ("bptt", "ep", "checked", "betas")}, out_dir / "gdu_traces.pt")
+    title = f"GDU check ({cfg.model.name}, {cfg.loss.name}, T1 {cfg.dynamics.T1}, T2 {cfg.dynamics.T2})"
+    plot_gdu(check["bptt"], check["ep"], out_dir / "gdu.png", title=title)
+    if "bars" in check:
+        plot_bars(check["bars"], out_dir / "bars.png", title=title)
+    logger.log_gdu(check["metrics"][check["checked"]], 0)
+    for name, metrics in check["metrics"].items():
+        for key, m in metrics.items():
+            log.info("GDU %-17s %-28s RMSE %.4f  sign error %.4f", name, key, m["rmse"], m["sign_error"])
+    for key, r in check.get("bars", {}).items():
+        log.info("GDU bars %-28s |symmetric - BPTT| / mean |one-sided - BPTT| = %.4f", key, r)
     return result
 
 

@@ -92,7 +92,7 @@ class DynamicsConfig:
 
 @dataclass
 class GduConfig:
-    n_examples: int = 5                      # examples used by the check
+    n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
     every: int = 0                           # > 0: run the check every N training batches (--check-thm)
     betas: Optional[List[float]] = None      # gducheck study: several betas in one run
 
@@ -354,7 +354,9 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
                 f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")
     if cfg.mode == "evaluate":
         _expect(cfg.load_path is not None, "mode=evaluate needs load_path=<run dir> (a training run's output dir)")
-    _expect(cfg.gdu.n_examples > 0 and cfg.gdu.every >= 0, "gdu.n_examples must be > 0 and gdu.every >= 0")
+    _expect((cfg.gdu.n_examples is None or cfg.gdu.n_examples > 0) and cfg.gdu.every >= 0,
+            "gdu.n_examples must be > 0 (or null for the original's numbers of examples) "
+            "and gdu.every >= 0")
     b = cfg.gdu.betas
     if b is not None:
         _expect(isinstance(b, list) and len(b) >= 1

@@ -370,14 +370,13 @@ def _diverged(run, epoch, batch, metrics_path, what):
 
 def _periodic_gdu(run, logger, x, y, epoch, batch):
     """The original --check-thm: the GDU check on a few examples of the current batch."""
-    from eqprop.gdu import gdu_check
+    from eqprop.gdu import gdu_check, n_examples
 
-    n = min(run.cfg.gdu.n_examples, x.shape[0])
-    beta = getattr(run.estimator, "beta", 0.0) or run.cfg.estimator.beta
-    est_name = run.estimator.name if run.estimator.name != "bptt" else "one_sided"
+    n = min(n_examples(run.cfg.gdu, periodic=True), x.shape[0])
     # its own random stream: checking must not change the signs a random_sign run draws
     gen = torch.Generator().manual_seed(epoch_seed(run.cfg.seed, epoch, 4) + batch)
-    _, _, metrics = gdu_check(run.model, x[:n], y[:n], run.dyn.T1, run.dyn.T2, beta, est_name, gen)
+    checked = run.estimator.checked_estimate()
+    _, _, metrics = gdu_check(run.model, x[:n], y[:n], run.dyn.T1, run.dyn.T2, checked, gen)
     step = epoch * len(run.train) + batch + 1
     ckpt.append_line(run.run_dir / "gdu_train.jsonl", json.dumps({"epoch": epoch + 1, "batch": batch + 1,
                                                                   "metrics": metrics}))

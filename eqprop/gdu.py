@@ -3,12 +3,25 @@ against BPTT gradients through the last T2 steps of the free phase, per paramete
 
 Semantics follow the paper's check: BPTT[key][t] is the gradient contribution of the t-th step
 counted back from the end of the free phase (and, for neurons, -batch * dL/ds at that step);
-EP[key][t] is the update made by the t-th nudged step, (s_{t+1} - s_t) / beta for neurons and
--(dPhi(s_{t+1})/dtheta - dPhi(s_t)/dtheta) / beta for parameters. The theorem says they match.
+EP[key][t] is the update made by the t-th nudged step, (s_{t+1} - s_t) / beta for neurons and,
+for parameters, the estimator's own update rule applied to that step (`EPEstimator.traces`: for a
+symmetric net -(dPhi(s_{t+1})/dtheta - dPhi(s_t)/dtheta) / beta; for a vector-field net its VF rule,
+sending state and `same_update` averaging included), so that the traces sum over time to the
+update training makes. The theorem says EP and BPTT match step by step.
 """
 import torch
 
 from eqprop.dynamics import relax
+from eqprop.estimators import OneSided
+
+# gdu.n_examples = null: the original's numbers, 20 examples for mode=gducheck (main.py) and 5 for the
+# check during training (--check-thm, x[0:5] of the batch)
+ORIGINAL_N_EXAMPLES = {"gducheck": 20, "periodic": 5}
+
+# A trace entry with |x| <= SIGN_ZERO_EPS * eps(dtype) * max|trace of its key| is rounding noise
+# around an exact 0 (e.g. the difference of two equal BPTT partial sums, ~1e-19 in float64):
+# it has no sign, and never counts as a sign disagreement.
+SIGN_ZERO_EPS = 64
 
 
 def _param_grads(model, loss, params):
@@ -45,83 +58,86 @@ def bptt_traces(model, x, y, T1: int, T2: int):
     return out, free
 
 
-def ep_traces(model, x, y, free, T2: int, beta: float, estimator: str = "one_sided", generator=None):
-    """Per-step EP updates from the free state. symmetric: the half difference of the +beta and
-    -beta trajectories; random_sign: one-sided with a random sign of beta."""
-    names, params = zip(*model.named_parameters())
-    if estimator == "random_sign":
-        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
-        beta = sign * beta
+def n_examples(gdu_cfg, periodic: bool) -> int:
+    """How many examples a GDU check uses: gdu.n_examples, or the original's number for that check."""
+    if gdu_cfg.n_examples is not None:
+        return gdu_cfg.n_examples
+    return ORIGINAL_N_EXAMPLES["periodic" if periodic else "gducheck"]
 
-    def trajectory(b):
-        p_steps, n_steps, s = [], [], list(free)
-        drive0 = model.input_drive(x)
-        for _ in range(T2):
-            with torch.no_grad():
-                nxt = model.step(drive0, s, b, y)
-            with torch.enable_grad():
-                delta = model.phi(x, nxt, b, y).mean() - model.phi(x, s, b, y).mean()
-                g = torch.autograd.grad(-delta / b, params, allow_unused=True)
-            p_steps.append([torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)])
-            n_steps.append([(a - c) / b for a, c in zip(nxt, s)])
-            s = nxt
-        return p_steps, n_steps
 
-    p_steps, n_steps = trajectory(beta)
-    if estimator == "symmetric":
-        p_neg, n_neg = trajectory(-beta)
-        p_steps = [[(a + c) / 2 for a, c in zip(u, v)] for u, v in zip(p_steps, p_neg)]
-        n_steps = [[(a + c) / 2 for a, c in zip(u, v)] for u, v in zip(n_steps, n_neg)]
-    out = {name: torch.stack([s[i] for s in p_steps]) for i, name in enumerate(names)}
-    for k in range(model.n_layers):
-        out[f"neurons_{k}"] = torch.stack([s[k] for s in n_steps])
-    return out
+def _zero_small(t: torch.Tensor, dtype) -> torch.Tensor:
+    tiny = SIGN_ZERO_EPS * torch.finfo(dtype).eps * t.abs().max()
+    return torch.where(t.abs() <= tiny, torch.zeros_like(t), t)
+
+
+def sign_error(ep: torch.Tensor, bptt: torch.Tensor) -> float:
+    """Fraction of entries (over time and elements) where EP and BPTT have opposite signs; entries
+    within SIGN_ZERO_EPS machine epsilons of their trace's largest magnitude count as 0 (no sign)."""
+    e = _zero_small(ep.double(), ep.dtype)
+    b = _zero_small(bptt.double(), bptt.dtype)
+    return (e * b < 0).double().mean().item()
 
 
 def compare(bptt: dict, ep: dict) -> dict:
     """Per key: relative RMSE over time (normalised per element by the larger of the two RMS,
-    then averaged over elements) and the fraction of sign disagreements."""
+    then averaged over elements) and the sign error (`sign_error`)."""
     out = {}
     for key in bptt:
         b, e = bptt[key].double(), ep[key].double()
         f_g = (e - b).pow(2).mean(dim=0).sqrt()
         rel = f_g / (1e-10 + torch.maximum(e.pow(2).mean(dim=0).sqrt(), b.pow(2).mean(dim=0).sqrt()))
-        out[key] = {"rmse": rel.mean().item(), "sign_error": (e * b < 0).double().mean().item()}
+        out[key] = {"rmse": rel.mean().item(), "sign_error": sign_error(ep[key], bptt[key])}
     return out
 
 
-def gdu_check(model, x, y, T1: int, T2: int, beta: float, estimator: str = "one_sided", generator=None):
-    """Returns (bptt traces, ep traces, metrics per key)."""
+def gdu_check(model, x, y, T1: int, T2: int, estimate, generator=None):
+    """The check of one EP estimate (an EPEstimator): (bptt traces, ep traces, metrics per key)."""
     bptt, free = bptt_traces(model, x, y, T1, T2)
-    ep = ep_traces(model, x, y, free, T2, beta, estimator, generator)
+    ep, _ = estimate.traces(model, x, y, free, T2, generator)
     return bptt, ep, compare(bptt, ep)
 
 
-def plot_gdu(bptt: dict, ep: dict, path, n_lines: int = 5):
-    """EP dashed, BPTT solid, a few coordinates per key, one panel per parameter / neuron layer."""
-    import matplotlib
+def one_sided_name(beta: float) -> str:
+    return "one_sided(+beta)" if beta > 0 else "one_sided(-beta)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = list(bptt)
-    cols = 4
-    rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        b = bptt[key].flatten(1).cpu()
-        e = ep[key].flatten(1).cpu()
-        idx = torch.linspace(0, b.shape[1] - 1, min(n_lines, b.shape[1])).long()
-        t = range(1, b.shape[0] + 1)
-        for j, i in enumerate(idx):
-            color = f"C{j}"
-            ax.plot(t, b[:, i].numpy(), color=color, linestyle="-")
-            ax.plot(t, e[:, i].numpy(), color=color, linestyle="--")
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("t")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.suptitle("GDU check: EP (dashed) vs BPTT (solid)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def full_check(model, x, y, T1: int, T2: int, estimate, generator=None) -> dict:
+    """mode=gducheck: the checked estimate and the one-sided estimates at the betas of its phases,
+    against one set of BPTT traces, as the original's gducheck (+beta one-sided always; with a third
+    phase also -beta and the symmetric estimate, and the bars).
+
+    Returns {"bptt": traces, "ep": {name: traces}, "checked": name of the estimate's own traces,
+    "betas": its phases' betas, "metrics": {name: {key: {"rmse", "sign_error"}}},
+    "bars": {weight key: ratio} (two phases only)}."""
+    bptt, free = bptt_traces(model, x, y, T1, T2)
+    own, betas = estimate.traces(model, x, y, free, T2, generator)
+    beta = abs(betas[0])
+    ep = {}
+    for b in sorted({beta, *betas}, reverse=True):
+        ep[one_sided_name(b)] = own if tuple(betas) == (b,) else OneSided(b).traces(model, x, y, free, T2)[0]
+    checked = one_sided_name(betas[0]) if len(betas) == 1 else estimate.name
+    ep[checked] = own
+    out = {"bptt": bptt, "ep": ep, "checked": checked, "betas": list(betas),
+           "metrics": {name: compare(bptt, traces) for name, traces in ep.items()}}
+    if len(betas) == 2:
+        out["bars"] = bars(bptt, ep[one_sided_name(beta)], ep[one_sided_name(-beta)], own)
+    return out
+
+
+def bars(bptt: dict, plus: dict, minus: dict, symmetric: dict) -> dict:
+    """Per weight tensor, the original's comparison of the estimates (their traces summed over the
+    T2 steps): the mean over entries of |symmetric - BPTT| / mean(|+beta - BPTT|, |-beta - BPTT|),
+    1 where both one-sided estimates equal BPTT. 1: symmetric EP is as close to BPTT as one-sided
+    EP; 0.5: twice as close."""
+    out = {}
+    for key in bptt:
+        if not key.endswith("weight"):
+            continue
+        g = bptt[key].double().sum(0)
+        d_plus = (plus[key].double().sum(0) - g).abs()
+        d_minus = (minus[key].double().sum(0) - g).abs()
+        d_sym = (symmetric[key].double().sum(0) - g).abs()
+        den = d_plus + d_minus
+        ratio = torch.where(den == 0, torch.ones_like(den), 2 * d_sym / torch.where(den == 0, 1.0, den))
+        out[key] = ratio.mean().item()
+    return out

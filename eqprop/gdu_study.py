@@ -12,12 +12,15 @@ symmetric one O(beta^2) (order 2). A random sign draws the sign of beta once per
 single estimate is as far from BPTT as a one-sided one (order 1); it is only unbiased on average.
 """
 import json
+import logging
 import math
 from pathlib import Path
 
-import torch
+from eqprop import checkpoint as ckpt
+from eqprop.estimators import build_estimator
+from eqprop.gdu import bptt_traces, compare
 
-from eqprop.gdu import bptt_traces, compare, ep_traces
+log = logging.getLogger(__name__)
 
 ESTIMATORS = ("one_sided", "random_sign", "symmetric")
 EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2}
@@ -51,9 +54,9 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
     are computed once and every EP estimate is compared with the same ground truth."""
     betas = sorted(float(b) for b in betas)
     names = [name for name, _ in model.named_parameters()]
-    # The softmax read-out sits outside the energy: BPTT puts its whole gradient on the last step
-    # while EP's per-step "update" is the change of its nudging term, so the theorem says nothing
-    # about its traces and it stays out of the averages (it is still in per_key).
+    # The softmax read-out sits outside the energy, so the averages (the energy's parameters) leave it
+    # out; it is still in per_key. (BPTT puts its whole gradient on the last free step; EP's traces,
+    # whose first step starts from beta 0, put dC/dtheta at one nudged step there and its changes after.)
     readout = f"synapses.{model.n_layers}." if model.loss.softmax_readout else None
     readout_keys = [k for k in names if readout and k.startswith(readout)]
     param_keys = [k for k in names if k not in readout_keys]
@@ -63,11 +66,8 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
     for est in estimators:
         prev = None
         for beta in betas:
-            sign = 1.0
-            if est == "random_sign":
-                # drawn here rather than inside ep_traces so that the table can say which sign it got
-                sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
-            ep = ep_traces(model, x, y, free, T2, sign * beta, "one_sided" if est == "random_sign" else est)
+            ep, drawn = build_estimator(est, beta).traces(model, x, y, free, T2, generator)
+            sign = 1.0 if drawn[0] > 0 else -1.0  # the sign of the (first) phase's beta: random_sign's draw
             per_key = compare(bptt, ep)
             row = {
                 "estimator": est, "beta": beta, "sign": sign,
@@ -180,14 +180,12 @@ def plot_study(study: dict, path, title: str = "GDU study"):
 def write_study(study: dict, out_dir, title: str = "GDU study") -> None:
     out_dir = Path(out_dir)
     for name, text in (("gdu_study.json", json.dumps(study, indent=2)), ("gdu_study.md", to_markdown(study, title))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+        ckpt.write_text_atomic(out_dir / name, text)
     plot_study(study, out_dir / "gdu_study.png", title)
 
 
 def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
-    """mode=gducheck with gdu.betas: the study on the batch the single check would use."""
+    """mode=gducheck with gdu.betas: the study on the examples the single check would use."""
     study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, generator=generator)
     m = cfg.model
     shape = m.archi if m.name in ("mlp", "vf_mlp") else f"channels {m.channels}, fc {m.fc}"
@@ -196,5 +194,5 @@ def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     if logger is not None:
         logger.log_summary({f"gdu_study/{r['estimator']}/beta={r['beta']:g}/rmse_params": r["rmse_params"]
                             for r in study["rows"]})
-    print(to_markdown(study, title).split("\n## ")[0], flush=True)
+    log.info("%s", to_markdown(study, title).split("\n## ")[0])
     return study

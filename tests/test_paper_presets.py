@@ -176,7 +176,7 @@ def test_study_keeps_the_readout_out_of_the_averages():
 
 
 def test_gducheck_with_betas_writes_the_study(tmp_path):
-    run_inprocess(["+experiment=gdu_study", "device=cpu", "task.batch_size=6", "model.channels=[3,4]",
+    run_inprocess(["+experiment=gdu_study", "device=cpu", "gdu.n_examples=6", "model.channels=[3,4]",
                    "dynamics.T1=60", "dynamics.T2=6", "gdu.betas=[0.2,0.1]"], tmp_path)
     s = json.loads((tmp_path / "gdu_study.json").read_text())
     assert [(r["estimator"], r["beta"]) for r in s["rows"]] == [

@@ -80,10 +80,13 @@ def test_gducheck_writes_json_and_figure(tmp_path):
     run_inprocess(["mode=gducheck", "task.limit_train=64", "task.batch_size=8", "dynamics.T1=20",
                    "dynamics.T2=5", "estimator.beta=0.05", "device=cpu", "dtype=float64"], tmp_path)
     g = json.loads((tmp_path / "gdu.json").read_text())
-    keys = set(g["metrics"])
-    assert {"synapses.0.weight", "synapses.1.bias", "neurons_0", "neurons_1"} <= keys
-    for m in g["metrics"].values():
-        assert 0.0 <= m["rmse"] <= 1.0 and 0.0 <= m["sign_error"] <= 1.0
+    # the default estimator is symmetric: its metrics, and the one-sided ones at +beta and -beta
+    assert set(g["metrics"]) == {"one_sided(+beta)", "one_sided(-beta)", "symmetric"}
+    assert g["checked"] == "symmetric" and g["betas"] == [0.05, -0.05]
+    for metrics in g["metrics"].values():
+        assert {"synapses.0.weight", "synapses.1.bias", "neurons_0", "neurons_1"} <= set(metrics)
+        for m in metrics.values():
+            assert 0.0 <= m["rmse"] <= 1.0 and 0.0 <= m["sign_error"] <= 1.0
     assert (tmp_path / "gdu.png").stat().st_size > 0
 
 

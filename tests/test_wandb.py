@@ -143,7 +143,8 @@ def test_gducheck_logs_its_metrics_to_its_own_run(tmp_path, no_login):
     assert run_record(off)["job_type"] == "gducheck-symmetric"
     assert not (tmp_path / "wandb_run_id").exists()        # checks never continue a training run's W&B run
     [row] = history(off, "gdu_step")
-    metrics = json.loads((tmp_path / "gdu.json").read_text())["metrics"]
+    g = json.loads((tmp_path / "gdu.json").read_text())
+    metrics = g["metrics"][g["checked"]]  # the checked (symmetric) estimate's metrics go to W&B
     for key, m in metrics.items():
         assert row[f"gdu_rmse/{key}"] == pytest.approx(m["rmse"])
         assert row[f"gdu_sign_error/{key}"] == pytest.approx(m["sign_error"])

@@ -4,11 +4,18 @@ import torch
 
 from eqprop.dynamics import relax
 from eqprop.estimators.base import Dynamics, Estimate, relax_phase
+from eqprop.estimators.one_sided import OneSided
 
 
 class BPTT:
     name = "bptt"
-    beta = 0.0
+
+    def __init__(self, gdu_beta: float = 0.1):
+        self.gdu_beta = gdu_beta  # BPTT trains without beta; it only sets the EP estimate its GDU check measures
+
+    def checked_estimate(self) -> OneSided:
+        """BPTT has no nudged phase: the GDU check of a BPTT run measures one-sided EP at estimator.beta."""
+        return OneSided(self.gdu_beta)
 
     def __call__(self, model, x, y, dyn: Dynamics, generator: torch.Generator) -> Estimate:
         params = list(model.parameters())

@@ -2,9 +2,10 @@
 import torch
 
 from eqprop.estimators.base import Dynamics, Estimate, free_phase, nudged_phase
+from eqprop.estimators.ep import EPEstimator
 
 
-class OneSided:
+class OneSided(EPEstimator):
     name = "one_sided"
 
     def __init__(self, beta: float):
@@ -13,11 +14,20 @@ class OneSided:
     def sign(self, generator: torch.Generator) -> float:
         return 1.0
 
+    def betas(self, generator):
+        return (self.beta * self.sign(generator),)
+
+    def update(self, model, x, y, free, ends, send, starts=None):
+        ((s_end, beta),) = ends
+        start = (free, 0.0) if starts is None else starts[0]
+        return model.ep_grads(x, y, (s_end, beta), start, beta, send=send)
+
     def __call__(self, model, x, y, dyn: Dynamics, generator: torch.Generator) -> Estimate:
-        beta = self.beta * self.sign(generator)
+        (beta,) = self.betas(generator)
         with torch.no_grad():
             drive0 = model.input_drive(x)
         free = free_phase(model, x, dyn, drive0)
         nudged = nudged_phase(model, x, y, free.state, beta, dyn, drive0)
-        grads = model.ep_grads(x, y, (nudged.state, beta), (free.state, 0.0), beta, free=free.state)
+        send = model.sending_state(free.state, [nudged.state])
+        grads = self.update(model, x, y, free.state, [(nudged.state, beta)], send)
         return Estimate(grads, free.state, {"free": free.steps, "nudged": nudged.steps})

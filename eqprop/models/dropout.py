@@ -1,4 +1,5 @@
-"""Dropout for energy-based nets, as in the paper's dropout runs.
+"""Dropout for energy-based nets: eqprop's own reconstruction of the paper's dropout runs (the
+original's dropout script, main_dropout.py, was never published).
 
 Synapse k reads its input through a mask m_k (Bernoulli(keep_k) / keep_k, one per example), so
 Phi = sum_k <s_k, f_k(m_k * s_{k-1})> - beta C: the masked net is still an energy-based net, the

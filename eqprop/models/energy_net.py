@@ -116,9 +116,15 @@ class EnergyNet(nn.Module):
         return new
 
     # ----- parameter updates ------------------------------------------------------------------------
-    def ep_grads(self, x, y, a, b, denom: float, free: Optional[State] = None):
+    def sending_state(self, free: State, ends: Sequence[State]) -> Optional[State]:
+        """The state a vector-field rule holds the sending layers at, given the free state and the
+        nudged phases' ends; None: the plain rule, Phi at each state (every symmetric net)."""
+        return None
+
+    def ep_grads(self, x, y, a, b, denom: float, send: Optional[State] = None):
         """Gradient estimate -(dPhi(s_a, beta_a)/dtheta - dPhi(s_b, beta_b)/dtheta) / denom,
         averaged over the batch; `a` and `b` are (state, beta) pairs. Returns {param: grad}.
+        `send` only matters to vector-field nets (see `sending_state`).
 
         Closed form, checked against `ep_grads_autograd` (autograd of Phi, the definition): Phi is
         bilinear in each synapse's weights, so the difference of the two terms of the input synapse
@@ -149,7 +155,7 @@ class EnergyNet(nn.Module):
                     grads[p] = torch.zeros_like(p) if got is None else got[i].view_as(p)
         return {p: grads[p] for p in self.parameters()}
 
-    def ep_grads_autograd(self, x, y, a, b, denom: float, free: Optional[State] = None):
+    def ep_grads_autograd(self, x, y, a, b, denom: float, send: Optional[State] = None):
         """`ep_grads` by autograd of Phi at the two states: the definition."""
         (s_a, beta_a), (s_b, beta_b) = a, b
         params = [p for p in self.parameters()]

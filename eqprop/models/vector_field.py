@@ -9,9 +9,14 @@ one scalar; they are the gradient of a "receiving" Phi with respect to the recei
 
 taken at recv = send = s. With B_{k+1} = W_{k+1} the model is exactly the symmetric EnergyNet.
 
-EP updates: with `same_update` both W_{k+1} and B_{k+1} receive the average of their standard
-(symmetric-formula) updates; otherwise each weight is updated from the change of its receiving
-layer with the sending layer held at the free equilibrium, Phi(s*, s^beta) - Phi(s*, s^-beta).
+EP updates, as in the original code (Laborieux et al., model_utils.py VF_MLP / VF_CNN):
+- `same_update`: W_{k+1} and B_{k+1} both receive the average of their standard (symmetric-formula)
+  updates, Phi(s^a) - Phi(s^b);
+- otherwise each weight is updated from the change of its receiving layer with the sending layers
+  held at one state, Phi(send, s^a) - Phi(send, s^b). The sending state is the free equilibrium,
+  except for the VF-MLP's symmetric (third-phase) update, which the original sends from s^+beta
+  (`symmetric_sends_from_plus`; the VF-CNN sends from the free equilibrium there too).
+`sending_state` says which; the estimators pass it to `ep_grads` for training and the GDU traces alike.
 """
 import math
 from typing import Optional
@@ -25,13 +30,15 @@ from eqprop.models.energy_net import EnergyNet, State
 class VectorFieldNet(EnergyNet):
     asymmetric = True
 
-    def __init__(self, synapses, backward_synapses, activation, loss, in_shape, same_update: bool = False):
+    def __init__(self, synapses, backward_synapses, activation, loss, in_shape, same_update: bool = False,
+                 symmetric_sends_from_plus: bool = False):
         super().__init__(synapses, activation, loss, in_shape)
         if len(backward_synapses) != self.n_layers - 1:
             raise ValueError("a vector-field net needs one backward synapse per hidden-to-hidden connection")
         # B[k] pairs with synapses[k + 1]
         self.backward_synapses = nn.ModuleList(backward_synapses)
         self.same_update = same_update
+        self.symmetric_sends_from_plus = symmetric_sends_from_plus
 
     def phi(self, x, state: State, beta: float = 0.0, y=None, receiving: Optional[State] = None):
         recv = state if receiving is None else receiving
@@ -52,9 +59,16 @@ class VectorFieldNet(EnergyNet):
     def feedback_synapse(self, k: int):
         return self.backward_synapses[k], False
 
-    def ep_grads(self, x, y, a, b, denom: float, free: Optional[State] = None):
+    def sending_state(self, free, ends):
+        if self.same_update:
+            return None
+        if self.symmetric_sends_from_plus and len(ends) == 2:  # the +beta and -beta phases
+            return ends[0]
+        return free
+
+    def ep_grads(self, x, y, a, b, denom: float, send: Optional[State] = None):
         # Phi has the backward synapses' terms too: the definition by autograd, not EnergyNet's closed form.
-        if self.same_update or free is None:
+        if send is None:
             grads = self.ep_grads_autograd(x, y, a, b, denom)
             if self.same_update:
                 with torch.no_grad():
@@ -66,8 +80,8 @@ class VectorFieldNet(EnergyNet):
         (s_a, beta_a), (s_b, beta_b) = a, b
         params = list(self.parameters())
         with torch.enable_grad():
-            delta = (self.phi(x, free, beta_a, y, receiving=s_a).mean()
-                     - self.phi(x, free, beta_b, y, receiving=s_b).mean())
+            delta = (self.phi(x, send, beta_a, y, receiving=s_a).mean()
+                     - self.phi(x, send, beta_b, y, receiving=s_b).mean())
             grads = torch.autograd.grad(-delta / denom, params, allow_unused=True)
         return {p: (torch.zeros_like(p) if g is None else g) for p, g in zip(params, grads)}
 
