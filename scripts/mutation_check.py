@@ -22,7 +22,9 @@ pattern or a failing baseline.
 import argparse
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,30 +126,29 @@ def apply(repo: Path, m: Mutation) -> None:
 
 
 def run_tests(repo: Path, selections: List[str], cache: Path, timeout: float) -> Tuple[bool, List[str], str]:
-    """(all passed, failed test ids, output tail) for the selections run together in `repo`."""
-    args = []
-    for sel in selections:
-        args += _split_selection(sel)
+    """(all passed, failed test ids, output tail): one pytest run per selection (a `-k` belongs to
+    its own selection), in `repo`, stopping at the first selection that fails."""
     env = dict(os.environ, PYTHONPATH=str(repo), WANDB_MODE="offline", EQPROP_KERNEL_CACHE=str(cache),
                PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-m", MARKERS] + args
-    try:
-        p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        return False, [f"TIMEOUT after {timeout:.0f} s"], out[-2000:]
-    out = p.stdout + p.stderr
-    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, flags=re.M)))
-    if p.returncode == 5:  # nothing collected: the selection is stale
-        return False, ["NO TESTS COLLECTED"], out[-2000:]
-    return p.returncode == 0, failed, out[-2000:]
-
-
-def _split_selection(sel: str) -> List[str]:
-    """'tests/x.py -k "a or b"' -> ['tests/x.py', '-k', 'a or b']."""
-    import shlex
-
-    return shlex.split(sel)
+    for sel in selections:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-m", MARKERS] + shlex.split(sel)
+        # its own process group: a timeout or Ctrl-C ends the launch.py processes the tests start, too
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except BaseException as err:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            if not isinstance(err, subprocess.TimeoutExpired):
+                raise
+            return False, [f"TIMEOUT after {timeout:.0f} s: {sel}"], out[-2000:]
+        if proc.returncode == 5:  # nothing collected: the selection is stale
+            return False, [f"NO TESTS COLLECTED: {sel}"], out[-2000:]
+        if proc.returncode != 0:
+            failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, flags=re.M)))
+            return False, failed, out[-2000:]
+    return True, [], ""
 
 
 def main(argv=None) -> int:
