@@ -35,6 +35,7 @@ from typing import List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = "not slow and not slurm"
+SHOW_FAILED = 6  # test ids listed per killed mutation
 
 
 @dataclass
@@ -86,7 +87,8 @@ MUTATIONS = [
                "const REAL bi = (REAL)0;")],
              ["tests/test_native_kernel.py"]),
     Mutation("cosine_schedule_twice_as_long", "the cosine schedule anneals over 2 T_max epochs",
-             [("eqprop/optim.py", "CosineAnnealingLR(opt, T_max=cfg.T_max,", "CosineAnnealingLR(opt, T_max=2 * cfg.T_max,")],
+             [("eqprop/optim.py", "CosineAnnealingLR(opt, T_max=cfg.T_max,",
+               "CosineAnnealingLR(opt, T_max=2 * cfg.T_max,")],
              ["tests/test_optim.py"]),
     Mutation("gradient_ascent", "the optimiser steps up the estimated gradient",
              [("eqprop/engine.py", "p.grad = est.grads[p]", "p.grad = -est.grads[p]")],
@@ -202,7 +204,10 @@ def main(argv=None) -> int:
                 print(f"[mutation] SURVIVED {m.name} ({m.what}) [{took:.0f} s]", flush=True)
             else:
                 print(f"[mutation] killed   {m.name} ({m.what}) [{took:.0f} s] by:", flush=True)
-                for t in failed or ["(pytest failed without a test id)"]:
+                shown = failed[:SHOW_FAILED] or ["(pytest failed without a test id)"]
+                if len(failed) > SHOW_FAILED:
+                    shown.append(f"... and {len(failed) - SHOW_FAILED} more")
+                for t in shown:
                     print(f"             {t}", flush=True)
             if a.show or not failed:
                 print(tail, flush=True)

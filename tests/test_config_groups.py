@@ -25,7 +25,8 @@ def test_groups_compose(task, model):
 
 # Where 10 batches of digits visibly train the dense net (cross-entropy, or Adam), the run must beat
 # its initial net; MSE with plain SGD (lr 0.2) takes more batches than a quick test should.
-LEARNS_IN_10_BATCHES = {("mlp", loss, opt, "digits") for loss, opt in (("cel", "sgd"), ("cel", "adam"), ("mse", "adam"))}
+LEARNS_IN_10_BATCHES = {("mlp", loss, opt, "digits")
+                        for loss, opt in (("cel", "sgd"), ("cel", "adam"), ("mse", "adam"))}
 
 
 def _initial_test_metrics(overrides, run_dir):
