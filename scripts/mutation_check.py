@@ -122,8 +122,9 @@ def apply(repo: Path, m: Mutation) -> None:
         text = path.read_text()
         n = text.count(old)
         if n != 1:
-            raise SystemExit(f"[mutation] {m.name}: {rel} holds {n} copies of {old!r} (expected exactly 1): "
-                             "the code changed; update MUTATIONS in scripts/mutation_check.py")
+            print(f"[mutation] {m.name}: {rel} holds {n} copies of {old!r} (expected exactly 1): "
+                  "the code changed; update MUTATIONS in scripts/mutation_check.py", file=sys.stderr)
+            raise SystemExit(2)
         path.write_text(text.replace(old, new))
 
 
