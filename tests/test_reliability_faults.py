@@ -29,6 +29,8 @@ SIGNAL_CASES = {
                                  "optimizer.momentum=0.9"]),
     # Ctrl-C reaches the whole process group, DataLoader workers included (a torchvision task on disk)
     "SIGINT": (signal.SIGINT, ["task=mnist", "task.download=false", "task.num_workers=2", "optimizer=adam"]),
+    # dropout masks draw from torch's global RNG: its state mid-epoch must resume too
+    "SIGTERM dropout": (signal.SIGTERM, ["task=digits", "model.dropouts=[0.7,1.0]"]),
     "SIGUSR1": (signal.SIGUSR1, ["task=digits", "model=cnn", "model.channels=[4,8]", "estimator=bptt",
                                  "dynamics.T1=10", "dynamics.T2=4"]),
 }
@@ -41,6 +43,7 @@ def _without_seconds(rows):
 @pytest.mark.parametrize("name", list(SIGNAL_CASES))
 def test_signal_saves_mid_epoch_and_resume_is_exact(tmp_path, name):
     signum, extra = SIGNAL_CASES[name]
+    name = signal.Signals(signum).name
     over = BASE + extra
     if name == "SIGINT":
         over.append(f"task.data_dir={write_fake_mnist(tmp_path / 'data', 1024, 50)}")
@@ -69,21 +72,36 @@ def test_signal_saves_mid_epoch_and_resume_is_exact(tmp_path, name):
     assert same_weights(part / "final_model.pt", full / "final_model.pt")
 
 
+def _save_in_flight(run, largest: list) -> bool:
+    """A checkpoint save under way: its temp file exists (save_atomic), or checkpoint.pt itself is
+    shorter than it has been (a save writing in place has truncated it)."""
+    if any(run.glob(".checkpoint.pt.*.tmp")):
+        return True
+    try:
+        size = (run / "checkpoint.pt").stat().st_size
+    except FileNotFoundError:
+        return False
+    largest[0] = max(largest[0], size)
+    return size < largest[0]
+
+
 def test_kill_9_during_a_checkpoint_save_loses_nothing(tmp_path):
     # a wide layer makes each save take a while; one tiny batch an epoch makes saves frequent
     over = ["task=digits", "model.archi=[64,2048,2048,10]", "task.limit_train=32", "task.batch_size=32",
             "task.limit_test=10", "dynamics.T1=1", "dynamics.T2=1", "device=cpu"]
     run = tmp_path / "run"
-    for attempt in range(3):  # the save may end between seeing its temp file and the kill: go again
+    for attempt in range(3):  # the save may end between seeing it under way and the kill: go again
         job = Job(over + ["epochs=1000"], tmp_path / f"job{attempt}", run_dir=run)  # reruns resume there
         job.wait_until(lambda: (run / "checkpoint.pt").exists())
-        job.wait_until(lambda: any(run.glob(".checkpoint.pt.*.tmp")), poll=0.0005)  # a save in flight
+        largest = [0]
+        job.wait_until(lambda: _save_in_flight(run, largest), timeout=120, poll=0.0005)
         job.kill()  # SIGKILL: no handler, no clean-up
+        # whatever the kill interrupted, the checkpoint on disk is a whole one (a torn file fails here)
+        state = ckpt.load(run / "checkpoint.pt", required=("model", "epoch", "history"))
         if list(run.glob(".checkpoint.pt.*.tmp")):
             break
     assert list(run.glob(".checkpoint.pt.*.tmp")), "the kill never caught a save half-way"
 
-    state = ckpt.load(run / "checkpoint.pt", required=("model", "epoch", "history"))
     done = state["epoch"]
     assert done >= 1 and [r["epoch"] for r in read_metrics(run)] == list(range(1, done + 1))
 

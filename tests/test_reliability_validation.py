@@ -16,6 +16,7 @@ from tests.launch_utils import ROOT, launch_cli
 BAD = {
     "T1 zero": (["dynamics.T1=0"], ["dynamics.T1=0", "must be a positive integer"]),
     "T2 negative": (["dynamics.T2=-3"], ["dynamics.T2=-3", "must be a positive integer"]),
+    "T2 zero": (["dynamics.T2=0"], ["dynamics.T2=0", "must be a positive integer"]),
     "check_every zero": (["dynamics.tol=1e-4", "dynamics.check_every=0"],
                          ["dynamics.check_every=0", "integer >= 1"]),
     "tf32 with float64": (["dynamics.tf32=true", "dtype=float64"], ["dynamics.tf32=true needs dtype=float32"]),
@@ -191,6 +192,8 @@ CLI = {
     # checked before the data: task=mnist is not on disk here either, yet the message is about T2
     "bptt T2 > T1, before the data": (["estimator=bptt", "task=mnist", "dynamics.T2=50"], 2,
                                       ["dynamics.T2=50 must be <= dynamics.T1=30 for bptt"]),
+    # no nudged phase: a run would "finish" without learning anything
+    "T2 zero": (["dynamics.T2=0"], 2, ["[eqprop] error: dynamics.T2=0 must be a positive integer"]),
     "no GPU": (["device=cuda"], 2, ["device=cuda was asked for but no CUDA GPU is available here"]),
     "no data, no network": (["task=cifar10", "task.data_dir=@tmp@/data"], 2,
                             ["task=cifar10: the data set is not in", "cannot be downloaded from here"]),
