@@ -43,9 +43,8 @@ def _number(where: str, name: str, value: Any, integer: bool) -> float:
     return int(number) if integer else number
 
 
-def distribution(name: str, spec: Any) -> BaseDistribution:
-    """One dimension from its file entry, or a SearchConfigError saying what is wrong with it."""
-    where = f"hydra.sweeper.params.{name}"
+def distribution(where: str, spec: Any) -> BaseDistribution:
+    """One dimension from its entry (`where` names it in errors), or a SearchConfigError saying what is wrong."""
     if not isinstance(spec, dict):
         raise SearchConfigError(f"{where}: expected a mapping like {{type: float, low: 0.01, high: 1.0, log: true}}, "
                                f"got {spec!r}")
@@ -90,26 +89,26 @@ def distribution(name: str, spec: Any) -> BaseDistribution:
 
 
 def _from_sweep_override(override) -> BaseDistribution:
-    """A command-line dimension in Hydra's sweep syntax: choice(...), range(...), interval(...), tag(log, ...)."""
+    """A command-line dimension in Hydra's sweep syntax: choice(...), range(...) (ints, or floats with a float
+    step), interval(...) (floats; tag(log, interval(...)) for log scale)."""
     from hydra.core.override_parser.types import Transformer
 
-    name = override.get_key_element()
+    where = f"command line {override.input_line}"
     if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
-        return distribution(name, {"type": "categorical", "choices": choices})
+        return distribution(where, {"type": "categorical", "choices": choices})
     value = override.value()
     if override.is_range_sweep():
         integer = all(isinstance(v, int) for v in (value.start, value.stop, value.step))
         # range's stop is excluded; the distribution's high is included
         last = value.start + value.step * math.ceil((value.stop - value.start) / value.step - 1)
-        return distribution(name, {"type": "int" if integer else "float", "low": value.start, "high": last,
-                                   "step": value.step})
+        return distribution(where, {"type": "int" if integer else "float", "low": value.start, "high": last,
+                                    "step": value.step})
     if override.is_interval_sweep():
-        integer = isinstance(value.start, int) and isinstance(value.end, int)
-        return distribution(name, {"type": "int" if integer else "float", "low": value.start, "high": value.end,
-                                   "log": "log" in value.tags})
-    raise SearchConfigError(f"{name}: {override.input_line} is not a search dimension; use choice(...), "
-                           "range(...), interval(...) or tag(log, interval(...))")
+        return distribution(where, {"type": "float", "low": value.start, "high": value.end,
+                                    "log": "log" in value.tags})
+    raise SearchConfigError(f"{where} is not a search dimension; use choice(...), range(...), interval(...) or "
+                            "tag(log, interval(...))")
 
 
 @dataclass
@@ -161,7 +160,7 @@ def build(params: Optional[Dict[str, Any]], arguments: Sequence[str], config_loa
     """The space of the search file's params and the command line; SearchConfigError if it cannot run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    dims = {str(name): distribution(str(name), spec) for name, spec in (params or {}).items()}
+    dims = {str(name): distribution(f"hydra.sweeper.params.{name}", spec) for name, spec in (params or {}).items()}
     fixed, fixed_keys = [], set()
     for override in OverridesParser.create(config_loader=config_loader).parse_overrides(list(arguments)):
         key = override.key_or_group

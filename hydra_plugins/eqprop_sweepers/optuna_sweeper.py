@@ -49,12 +49,15 @@ class OptunaSweeper(Sweeper):
         from eqprop.search_space import SearchConfigError
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        new_dir = not sweep_dir.exists()
         try:
             space = self._checked_space(arguments)
             url = ss.storage_url(self.storage, sweep_dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             study = ss.open_study(url, str(self.study_name), space, self.sampler, self.seed, self.n_startup_trials)
         except SearchConfigError as err:  # bad input: exit 2 before any trial, as for a bad run config
+            if new_dir and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+                sweep_dir.rmdir()
             print(f"[eqprop] error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
