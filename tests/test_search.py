@@ -169,9 +169,9 @@ def _finished_jobs(sweep: Path):
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_rerunning_its_trials_and_survives_a_diverging_trial(tmp_path):
     sweep = tmp_path / "sweep"
-    # layer_lrs with the first layer's rate a choice: 1e38 overflows the cross-entropy read-out (diverges)
+    # layer_lrs with the output layer's rate a choice: 1e38 overflows the cross-entropy read-out (diverges)
     args = ["+search=layer_lrs", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", *TINY, "task=digits",
-            "loss=cel", "optimizer.lrs.0=choice(0.1,1e38)", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+            "loss=cel", "optimizer.lrs.2=choice(0.05,1e38)", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.seed=1", f"hydra.sweep.dir={sweep}"]
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m"] + args
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -214,7 +214,7 @@ def test_a_killed_search_resumes_without_rerunning_its_trials_and_survives_a_div
         job = Path(t.user_attrs["job_dir"])
         assert job == sweep / str(t.number)
         m = read_metrics(job)
-        if t.params["optimizer.lrs.0"] == 1e38:
+        if t.params["optimizer.lrs.2"] == 1e38:
             assert t.state == TrialState.FAIL and t.user_attrs["status"] == "diverged", t.user_attrs
             assert any(r.get("status") == "diverged" for r in m)
         else:
@@ -222,7 +222,7 @@ def test_a_killed_search_resumes_without_rerunning_its_trials_and_survives_a_div
             assert OmegaConf.load(job / ".hydra" / "config.yaml").optimizer.lrs == [
                 t.params[f"optimizer.lrs.{i}"] for i in range(3)]
         statuses.add(t.state)
-    assert statuses == {TrialState.COMPLETE, TrialState.FAIL}, "seed 1 should sample both 0.1 and 1e38"
+    assert statuses == {TrialState.COMPLETE, TrialState.FAIL}, "seed 1 should sample both 0.05 and 1e38"
     # the sweep root: best parameters, the summary of every job
     best = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
     complete = [t for t in ended if t.state == TrialState.COMPLETE]
