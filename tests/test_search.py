@@ -153,6 +153,8 @@ def test_a_resumed_study_settles_its_running_trials_from_their_job_dirs(tmp_path
     again = [study.ask(fixed_distributions=space.dims) for _ in range(2)]
     assert [a.params for a in again] == [trials[2].params, trials[3].params]
     assert [a.user_attrs["retry_of"] for a in again] == [2, 3]
+    # a new trial is a new draw: the resumed sampler (same seed) does not replay the first driver's
+    assert study.ask(fixed_distributions=space.dims).params not in [t.params for t in trials]
     # another search space on the same study is refused
     with pytest.raises(SearchConfigError, match="made with another search space .differs in: estimator.beta"):
         open_study(url, "s", build({"estimator.beta": {**F, "high": 0.9}}, []), "tpe", 0, 8)
@@ -172,7 +174,7 @@ def test_a_killed_search_resumes_without_rerunning_its_trials_and_survives_a_div
     # layer_lrs with the output layer's rate a choice: 1e38 overflows the cross-entropy read-out (diverges)
     args = ["+search=layer_lrs", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", *TINY, "task=digits",
             "loss=cel", "optimizer.lrs.2=choice(0.05,1e38)", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.seed=1", f"hydra.sweep.dir={sweep}"]
+            "hydra.sweeper.seed=2", f"hydra.sweep.dir={sweep}"]
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m"] + args
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "first.log", "w") as log:
@@ -222,7 +224,7 @@ def test_a_killed_search_resumes_without_rerunning_its_trials_and_survives_a_div
             assert OmegaConf.load(job / ".hydra" / "config.yaml").optimizer.lrs == [
                 t.params[f"optimizer.lrs.{i}"] for i in range(3)]
         statuses.add(t.state)
-    assert statuses == {TrialState.COMPLETE, TrialState.FAIL}, "seed 1 should sample both 0.05 and 1e38"
+    assert statuses == {TrialState.COMPLETE, TrialState.FAIL}, "seed 2 samples both 0.05 and 1e38"
     # the sweep root: best parameters, the summary of every job
     best = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
     complete = [t for t in ended if t.state == TrialState.COMPLETE]

@@ -32,7 +32,7 @@ def test_six_trial_search_on_slurm_resumes_after_its_driver_dies(slurm, tmp_path
     sweep = tmp_path / "sweep"
     # the output layer's rate is a choice: 1e38 overflows the cross-entropy read-out (a diverging trial)
     args = ["+search=layer_lrs", *TINY, "task=digits", "loss=cel", "optimizer.lrs.2=choice(0.05,1e38)",
-            "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=1", *SMALL_JOB,
+            "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=2", *SMALL_JOB,
             f"hydra.sweep.dir={sweep}"]
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m"] + args
     with open(tmp_path / "first.log", "w") as log:
