@@ -245,3 +245,21 @@ def _summary_rows(sweep: Path):
 
     with open(sweep / "summary.csv") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_trial_that_does_not_compose_fails_alone_and_the_search_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    # Hydra's basic launcher (trials in-process, one after another); seed 0 draws no_such_model, mlp, no_such_model
+    p = _launch(["+search=betas_t", *TINY, "task=digits", "estimator.beta=0.5",
+                 "model=choice(mlp,no_such_model)", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
+                 "hydra.sweeper.seed=0", f"hydra.sweep.dir={sweep}"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    trials = _study(sweep, "betas_t").get_trials()
+    assert [t.params["model"] for t in trials] == ["no_such_model", "mlp", "no_such_model"]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
+    for t in (trials[0], trials[2]):
+        assert t.user_attrs["status"] == "config error" and "no_such_model" in t.user_attrs["error"]
+        assert not (sweep / str(t.number)).exists()  # never launched
+    assert trials[1].value == max(r["test_acc"] for r in read_metrics(sweep / "1"))
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_trial == 1 and best.trials.failed == 2
