@@ -127,6 +127,16 @@ def _metrics(job_dir: Path) -> dict:
             "diverged": any(m.get("status") == "diverged" for m in lines)}
 
 
+def job_outcome(job_dir) -> dict:
+    """How one job ended, read back from its own files: status (None while it has no outcome), error,
+    best_test_acc, final_test_acc, epochs (from metrics.jsonl)."""
+    job_dir = Path(job_dir)
+    result = _read_json(job_dir / RESULT) or {}
+    m = _metrics(job_dir)
+    return {"status": result.get("status"), "error": _one_line(result.get("error")),
+            **{k: m[k] for k in ("best_test_acc", "final_test_acc", "epochs")}}
+
+
 def _job_overrides(job_dir: Path) -> Optional[List[str]]:
     f = job_dir / ".hydra" / "overrides.yaml"
     try:
