@@ -45,6 +45,13 @@ _STATUS_OF_ERROR = {"Diverged": "diverged", "Interrupted": "interrupted", "Confi
 DEFAULT_SWEEP_MODE = "0700"
 
 
+_CREATED_HERE = set()  # sweep dirs this process created: only those may be removed on a refusal
+
+
+def created_here(path) -> bool:
+    return Path(path).absolute() in _CREATED_HERE
+
+
 def make_sweep_dir(config: DictConfig) -> Path:
     """The sweep dir, created (or made) hydra.sweep.mode, never open to others in between."""
     sweep = config.hydra.sweep
@@ -55,7 +62,9 @@ def make_sweep_dir(config: DictConfig) -> Path:
         raise ValueError(f"hydra.sweep.mode={text!r} must be an octal mode such as 0700 or 0750") from None
     path = Path(str(sweep.dir))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(mode=0o700, exist_ok=True)
+    if not path.exists():
+        path.mkdir(mode=0o700)
+        _CREATED_HERE.add(path.absolute())
     os.chmod(path, mode)
     return path
 

@@ -47,9 +47,11 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from eqprop import search_study as ss
         from eqprop.search_space import SearchConfigError
+        from eqprop.sweep_summary import created_here
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        new_dir = not sweep_dir.exists()
+        # the sweep-summary callback may have made it already (hydra.sweep.mode), for this command
+        new_dir = not sweep_dir.exists() or created_here(sweep_dir)
         try:
             space = self._checked_space(arguments)
             url = ss.storage_url(self.storage, sweep_dir)
