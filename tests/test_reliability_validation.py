@@ -211,6 +211,10 @@ CLI = {
                                 ["resume=@tmp@/nothing-here: no checkpoint.pt there"]),
     "typo in a preset": (["hydra.searchpath=[file://@tmp@/presets]", "+experiment=typo"], 2,
                          ["unknown config key model.chanels; did you mean model.channels?"]),
+    # refused while Hydra composes (the schemas), reworded by launch.py: eqprop's message, exit 2
+    "not a number": (["optimizer.lr=abc"], 2, ["[eqprop] error: optimizer.lr='abc' must be a number"]),
+    "not a list of integers": (["model=cnn", "model.kernels=[3,x]"], 2,
+                               ["[eqprop] error: model.kernels=[3, 'x'] must be a list of integers"]),
     # Hydra's own refusals (unknown key without +, unknown option): its message, exit 1, before any of eqprop
     # runs (the key checked against the schema, eqprop.config.ModelConfig)
     "Hydra: typo without +": (["model.chanels=[8]"], 1, ["Could not override 'model.chanels'",
