@@ -98,9 +98,9 @@ class DynamicsConfig:
     check_every: Optional[int] = None        # steps between tol checks (null: CUDA 10, CPU 5 dense / 1 conv)
     batch_nudged: bool = True                # +beta and -beta phases as one relaxation of twice the batch
     graph: bool = False                      # CUDA: replay the relaxation steps from a CUDA graph (ignored on CPU)
-    channels_last: bool = False              # conv states channels-last: faster, rounds differently (near-tie max-pools)
+    channels_last: bool = False              # conv states channels-last: faster, rounds near-tie max-pools differently
     tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs and matmuls (~10-bit products)
-    native: bool = True                      # CPU dense nets: the compiled C kernel (eqprop/kernels; torch ops if no compiler)
+    native: bool = True                      # CPU dense nets: the compiled C kernel (torch ops if no compiler)
 
 
 @dataclass
@@ -115,7 +115,7 @@ class LoggerConfig:
     name: str = "none"                       # none (the run's files only) | wandb
     project: str = "eqprop"                  # wandb: W&B project
     entity: Optional[str] = None             # wandb: W&B user or team (null: the account logged in)
-    mode: str = "auto"                       # wandb: auto (online when logged in, else offline) | online | offline | disabled
+    mode: str = "auto"                       # wandb: auto (online when logged in) | online | offline | disabled
     group: Optional[str] = None              # wandb: W&B group (null: task-model-loss)
     job_type: Optional[str] = None           # wandb: W&B job type (null: the estimator)
     run_name: Optional[str] = None           # wandb: W&B run name (null: W&B's own)
@@ -123,7 +123,7 @@ class LoggerConfig:
     notes: Optional[str] = None              # wandb: run notes
     histograms: bool = True                  # wandb: per-layer histograms of the neural activity, every epoch
     init_timeout: float = 30.0               # wandb: seconds to reach W&B before falling back to offline logging
-    finish_timeout: float = 60.0             # wandb: seconds an online run waits for its uploads at the end (0: no limit)
+    finish_timeout: float = 60.0             # wandb: seconds an online run waits for its uploads (0: no limit)
 
 
 @dataclass
@@ -182,7 +182,7 @@ def from_dict(d) -> RunConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(explain(err, RunConfig) or " ".join(str(err).split())) from None
     cfg = OmegaConf.to_object(typed)
-    stray = sorted(set(cfg.experiment) & set(RunConfig.__dataclass_fields__)) if isinstance(cfg.experiment, dict) else []
+    stray = sorted(set(cfg.experiment) & set(RunConfig.__dataclass_fields__)) if cfg.experiment else []
     if stray:
         raise ConfigError(f"the experiment preset sets experiment.{stray[0]} instead of {stray[0]}: start the "
                           "preset file with the line `# @package _global_`")
@@ -313,7 +313,8 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     _expect(m.scale is None or _positive(m.scale), f"model.scale={m.scale!r} must be a finite number > 0, or null")
     if m.dropouts is not None:
         _expect(len(m.dropouts) == n_syn,
-                f"model.dropouts={m.dropouts} has {len(m.dropouts)} value(s) but model={m.name} has {n_syn} layers; give one keep probability per layer")
+                f"model.dropouts={m.dropouts} has {len(m.dropouts)} value(s) but model={m.name} has {n_syn} layers; "
+                "give one keep probability per layer")
         _expect(all(0 < p <= 1 for p in m.dropouts),
                 f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")
     if cfg.mode == "evaluate":
