@@ -7,6 +7,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import eqprop.config  # noqa: F401  (registers the schemas that conf/*.yaml extend, before Hydra composes)
+
 
 def _run_dir(resume, load_path, mode, default):
     """Resume and evaluate write into the run they continue; a new run gets a fresh dir."""
@@ -74,4 +76,9 @@ def _discard_refused_run_dir(hc) -> None:
 
 
 if __name__ == "__main__":
+    from eqprop.config_errors import refuse_what_does_not_compose
+
+    # a wrong type or unknown key: eqprop's message and exit 2, rather than Hydra's wording and exit 1
+    refuse_what_does_not_compose(str(Path(__file__).resolve().parent / "conf"), "config", sys.argv[1:],
+                                 eqprop.config.RunConfig)
     main()

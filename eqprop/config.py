@@ -1,13 +1,21 @@
-"""The typed run configuration: Hydra's composed YAML -> dataclasses, checked before any compute.
+"""The run configuration: one dataclass per config group, the only place where a key, its type, its
+default and its meaning are written down.
 
-Every check names the key, the bad value and what is expected, so a typo costs seconds.
+Each conf/<group>/*.yaml starts its defaults list with its group's schema (`- schema`) and conf/config.yaml
+with `- run_schema`, so Hydra checks types and unknown keys while it composes, and a YAML option only sets
+what differs from the defaults here. eqprop.config_errors rewords what composition refuses; `validate`
+checks the rules that tie keys together. All of it runs before any compute.
 """
-import difflib
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from eqprop.activations import ACTIVATIONS
+from eqprop.config_errors import explain
 from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS
 from eqprop.losses import LOSSES
 from eqprop.models import MODELS
@@ -20,92 +28,118 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    activation: str = "my_hard_sig"
-    scale: Optional[float] = None
-    archi: Optional[List[int]] = None        # mlp: layer sizes, input first
+    name: str = "mlp"                        # mlp | vf_mlp | cnn | vf_cnn (vf_: separate backward weights)
+    activation: str = "my_sigmoid"           # neuron non-linearity (eqprop/activations.py)
+    scale: Optional[float] = None            # multiply the default initialisation (the original --scale)
+    archi: Optional[List[int]] = None        # mlp: layer sizes, input first (the original --archi)
     channels: Optional[List[int]] = None     # cnn: feature maps per conv layer
-    kernels: Optional[List[int]] = None
-    strides: Optional[List[int]] = None
-    paddings: Optional[List[int]] = None
-    pools: Optional[str] = None              # one of m/a/i per conv layer
-    fc: Optional[List[int]] = None           # cnn: fully connected sizes after the convs
-    same_update: bool = False                # vf_*: W and B get the same (averaged) update
-    dropouts: Optional[List[float]] = None   # keep probability per layer (1.0 = no dropout)
+    kernels: Optional[List[int]] = None      # cnn: kernel size per conv layer
+    strides: Optional[List[int]] = None      # cnn: stride per conv layer
+    paddings: Optional[List[int]] = None     # cnn: padding per conv layer
+    pools: Optional[str] = None              # cnn: one letter per conv layer, m max / a average / i none (2x2)
+    fc: Optional[List[int]] = None           # cnn: fully connected sizes after the convs, the output last
+    same_update: bool = False                # vf_*: forward and backward weights get the same (averaged) update
+    dropouts: Optional[List[float]] = None   # keep probability per layer of weights (1.0 = no dropout)
+
+    @property
+    def dense(self) -> bool:
+        """Layers given by `archi` (mlp family) rather than by convs and `fc` (cnn family)."""
+        return self.name in ("mlp", "vf_mlp")
 
 
 @dataclass
 class TaskConfig:
-    name: str = "mnist5k"
-    batch_size: int = 64
-    test_batch_size: int = 500
-    augment: bool = False
-    data_dir: str = "data"
-    download: bool = True
-    in_channels: int = 1
-    in_size: int = 28
-    input_dim: int = 784
-    num_classes: int = 10
-    num_workers: int = 0
+    name: str = "mnist5k"                    # mnist5k, digits (offline); mnist, fashion_mnist, cifar10, cifar100, svhn
+    batch_size: int = 50                     # training mini-batch
+    test_batch_size: int = 500               # evaluation batch
+    augment: bool = False                    # random crop (pad 4) + horizontal flip (the original --data-aug)
+    data_dir: str = "data"                   # where torchvision data sets live
+    download: bool = False                   # torchvision: download into data_dir when missing
+    in_channels: int = 1                     # image channels (fixed by the task)
+    in_size: int = 28                        # image height = width (fixed by the task)
+    input_dim: int = 784                     # in_channels * in_size^2, the input of an mlp (fixed by the task)
+    num_classes: int = 10                    # output units (fixed by the task)
+    num_workers: int = 0                     # DataLoader worker processes (0: load in the main process)
     limit_train: Optional[int] = None        # use only the first N training examples (quick checks)
-    limit_test: Optional[int] = None
+    limit_test: Optional[int] = None         # use only the first N test examples
 
 
 @dataclass
 class EstimatorConfig:
-    name: str = "symmetric"
-    beta: float = 0.5
+    name: str = "symmetric"                  # one_sided | random_sign | symmetric (EP) | bptt
+    beta: float = 0.5                        # nudging strength (the original --betas 0.0 <beta>); bptt: GDU check only
 
 
 @dataclass
 class LossConfig:
-    name: str = "mse"
-    softmax_readout: bool = False
+    name: str = "mse"                        # mse | cel (cross-entropy)
+    softmax_readout: bool = False            # output layer outside the energy, trained by cross-entropy (--softmax)
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 0.05                         # every layer, unless lrs is given
-    lrs: Optional[List[float]] = None        # layer-wise learning rates (the original --lrs)
-    weight_decay: float = 0.0
+    name: str = "sgd"                        # sgd | adam
+    lr: float = 0.2                          # every layer, unless lrs is given
+    lrs: Optional[List[float]] = None        # layer-wise learning rates, one per layer of weights (the original --lrs)
+    weight_decay: float = 0.0                # every layer, unless wds is given
     wds: Optional[List[float]] = None        # layer-wise weight decays (the original --wds)
-    momentum: float = 0.0
+    momentum: float = 0.0                    # sgd momentum (the original --mmt; unused by adam)
     lr_decay: bool = False                   # cosine annealing (the original --lr-decay)
-    T_max: int = 100
-    eta_min: float = 1e-5
+    T_max: int = 100                         # epochs of the cosine decay
+    eta_min: float = 1e-5                    # learning rate at the end of the cosine decay
 
 
 @dataclass
 class DynamicsConfig:
-    T1: int = 30
-    T2: int = 10
-    update: str = "sync"                     # sync (paper) | async (even then odd layers)
-    tol: float = 0.0                         # > 0: stop a phase once max |ds| < tol (T is the cap)
-    check_every: Optional[int] = None        # steps between tol checks (None: CUDA 10, CPU 5 dense / 1 conv)
-    batch_nudged: bool = True                # +beta and -beta phases as one relaxation of 2x the batch
-    graph: bool = False                      # CUDA graphs for the relaxation loop (ignored off CUDA)
-    channels_last: bool = False              # conv states channels-last (faster, other rounding)
-    tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs/matmuls
-    native: bool = True                      # CPU dense nets: the compiled kernel (eqprop/kernels)
+    T1: int = 30                             # free-phase steps
+    T2: int = 10                             # nudged-phase steps (BPTT: steps back-propagated through)
+    update: str = "sync"                     # sync (paper) | async (even layers, then odd layers)
+    tol: float = 0.0                         # > 0: stop a phase once the largest state change is below tol
+    check_every: Optional[int] = None        # steps between tol checks (null: CUDA 10, CPU 5 dense / 1 conv)
+    batch_nudged: bool = True                # +beta and -beta phases as one relaxation of twice the batch
+    graph: bool = False                      # CUDA: replay the relaxation steps from a CUDA graph (ignored on CPU)
+    channels_last: bool = False              # conv states channels-last: faster, rounds near-tie max-pools differently
+    tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs and matmuls (~10-bit products)
+    native: bool = True                      # CPU dense nets: the compiled C kernel (torch ops if no compiler)
 
 
 @dataclass
 class GduConfig:
     n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
-    every: int = 0                           # > 0: run the check every N training batches (--check-thm)
-    betas: Optional[List[float]] = None      # gducheck study: several betas in one run
+    every: int = 0                           # > 0: GDU check every N training batches (the original --check-thm)
+    betas: Optional[List[float]] = None      # mode=gducheck: the study over several betas in one run
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"                       # none (the run's files only) | wandb
+    project: str = "eqprop"                  # wandb: W&B project
+    entity: Optional[str] = None             # wandb: W&B user or team (null: the account logged in)
+    mode: str = "auto"                       # wandb: auto (online when logged in) | online | offline | disabled
+    group: Optional[str] = None              # wandb: W&B group (null: task-model-loss)
+    job_type: Optional[str] = None           # wandb: W&B job type (null: the estimator)
+    run_name: Optional[str] = None           # wandb: W&B run name (null: W&B's own)
+    tags: List[str] = field(default_factory=list)  # wandb: extra tags (estimator, EP/BPTT, task, model, loss are added)
+    notes: Optional[str] = None              # wandb: run notes
+    histograms: bool = True                  # wandb: per-layer histograms of the neural activity, every epoch
+    init_timeout: float = 30.0               # wandb: seconds to reach W&B before falling back to offline logging
+    finish_timeout: float = 60.0             # wandb: seconds an online run waits for its uploads (0: no limit)
+
+
+@dataclass
+class SweepConfig:
+    name: str = ""                           # the sweeps/sweep/<name>.yaml a multirun job belongs to
 
 
 @dataclass
 class RunConfig:
-    mode: str = "train"
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    resume: Optional[str] = None
-    load_path: Optional[str] = None
+    mode: str = "train"                      # train | evaluate | gducheck
+    epochs: int = 20                         # training epochs (a resumed run: in total)
+    seed: int = 0                            # initialisation, data order and random-sign seed
+    device: str = "auto"                     # auto | cpu | cuda | cuda:<index>
+    dtype: str = "float32"                   # float32 | float64
+    resume: Optional[str] = None             # <run dir>: continue that run from its last checkpoint
+    load_path: Optional[str] = None          # <run dir>: the run that mode=evaluate / mode=gducheck loads
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -113,109 +147,45 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     gdu: GduConfig = field(default_factory=GduConfig)
-    logger: Any = None                       # passed as a plain dict to eqprop.loggers
-    sweep: Any = None                        # sweep presets only carry metadata here
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: Optional[SweepConfig] = None      # set by +sweep=<name> (sweeps/sweep/*.yaml)
+    experiment: Any = None                   # only a preset that lacks `# @package _global_` lands here (refused)
 
     @property
     def n_synapses(self) -> int:
         m = self.model
-        if m.name in ("mlp", "vf_mlp"):
-            return len(m.archi) - 1
-        return len(m.channels) + len(m.fc)
+        return len(m.archi) - 1 if m.dense else len(m.channels) + len(m.fc)
 
 
-SECTIONS = {"model": ModelConfig, "task": TaskConfig, "estimator": EstimatorConfig, "loss": LossConfig,
-            "optimizer": OptimizerConfig, "dynamics": DynamicsConfig, "gdu": GduConfig}
-FREE_FORM = {"logger", "sweep", "experiment"}
+GROUPS = {"model": ModelConfig, "task": TaskConfig, "estimator": EstimatorConfig, "loss": LossConfig,
+          "optimizer": OptimizerConfig, "logger": LoggerConfig}
+SCHEMA = "schema"            # conf/<group>/*.yaml: `defaults: [schema, _self_]`
+RUN_SCHEMA = "run_schema"    # conf/config.yaml: `defaults: [run_schema, ..., _self_]`
 
 
-def _unknown(where: str, key: str, known) -> ConfigError:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f"; did you mean {where}{close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"unknown config key {where}{key}{hint}")
+def register_schemas() -> None:
+    """Put the schemas where Hydra's defaults lists find them; must run before Hydra composes."""
+    cs = ConfigStore.instance()
+    cs.store(name=RUN_SCHEMA, node=RunConfig)
+    for group, schema in GROUPS.items():
+        cs.store(group=group, name=SCHEMA, node=schema)
 
 
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+register_schemas()
 
 
-def _describe(tp) -> str:
-    if get_origin(tp) is Union:
-        return " or ".join([_describe(a) for a in get_args(tp) if a is not type(None)] + ["null"])
-    if get_origin(tp) in (list, List):
-        return f"a list of {_describe(get_args(tp)[0]).split(' ', 1)[1]}s" if get_args(tp)[0] in (int, float) \
-            else "a list"
-    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _typed(value, tp):
-    """value converted to the annotated type; TypeError when it does not fit. The YAML and the
-    command line give untyped values, so `task.batch_size=abc` must be caught here rather than
-    turn into a TypeError deep inside the run."""
-    if tp is Any:
-        return value
-    if get_origin(tp) is Union:
-        if value is None and type(None) in get_args(tp):
-            return None
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return _typed(value, inner)
-    if get_origin(tp) in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        return [_typed(v, get_args(tp)[0]) for v in value]
-    if isinstance(value, bool) and tp is not bool:  # YAML true/false are not 1/0 here
-        raise TypeError
-    if tp is float and isinstance(value, (int, float)):
-        return float(value)
-    if tp is str and isinstance(value, (int, float)):  # device=0, a run dir named 2026
-        return str(value)
-    if not isinstance(value, tp):
-        raise TypeError
-    return value
-
-
-def _build(cls, data: dict, where: str):
-    names = {f.name for f in fields(cls)}
-    for k in data:
-        if k not in names:
-            raise _unknown(where, k, names)
-    return cls(**_typed_fields(cls, data, where))
-
-
-def _typed_fields(cls, data: dict, where: str) -> dict:
-    hints = get_type_hints(cls)
-    out = {}
-    for k, v in data.items():
-        try:
-            out[k] = _typed(v, hints[k])
-        except TypeError:
-            shown = "null" if v is None else str(v).lower() if isinstance(v, bool) else repr(v)
-            raise ConfigError(f"{where}{k}={shown} must be {_describe(hints[k])}") from None
-    return out
-
-
-def from_dict(d: dict) -> RunConfig:
-    """Build a RunConfig from a resolved plain dict (OmegaConf.to_container(cfg, resolve=True))."""
-    top = {f.name for f in fields(RunConfig)} | FREE_FORM
-    kwargs = {}
-    for k, v in d.items():
-        if k not in top:
-            raise _unknown("", k, top)
-        if k in SECTIONS:
-            if not isinstance(v, dict):
-                raise ConfigError(f"{k} must be a config group (e.g. {k}=<option>), got {v!r}")
-            kwargs[k] = _build(SECTIONS[k], v, f"{k}.")
-        elif k == "experiment":
-            # a preset without `# @package _global_` lands here, and would silently change nothing
-            stray = sorted(set(v) & top) if isinstance(v, dict) else []
-            if stray:
-                raise ConfigError(f"the experiment preset sets experiment.{stray[0]} instead of {stray[0]}: start "
-                                  "the preset file with the line `# @package _global_`")
-            continue
-        else:
-            kwargs[k] = v
-    plain = {k: v for k, v in kwargs.items() if k not in SECTIONS}
-    kwargs.update(_typed_fields(RunConfig, plain, ""))
-    cfg = RunConfig(**kwargs)
+def from_dict(d) -> RunConfig:
+    """The composed config (DictConfig, or the plain dict launch.py resolves it to) as a checked RunConfig.
+    The merge onto the schema catches what composition lets through: keys added with `+`."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(RunConfig), d)
+    except OmegaConfBaseException as err:
+        raise ConfigError(explain(err, RunConfig) or " ".join(str(err).split())) from None
+    cfg = OmegaConf.to_object(typed)
+    stray = sorted(set(cfg.experiment) & set(RunConfig.__dataclass_fields__)) if cfg.experiment else []
+    if stray:
+        raise ConfigError(f"the experiment preset sets experiment.{stray[0]} instead of {stray[0]}: start the "
+                          "preset file with the line `# @package _global_`")
     validate(cfg)
     return cfg
 
@@ -225,16 +195,12 @@ def _expect(ok: bool, msg: str):
         raise ConfigError(msg)
 
 
-def _positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+def _positive(v: float) -> bool:
+    return math.isfinite(v) and v > 0
 
 
-def _non_negative(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
-def _is_int_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+def _non_negative(v: float) -> bool:
+    return math.isfinite(v) and v >= 0
 
 
 def conv_sizes(in_size: int, m: ModelConfig) -> List[int]:
@@ -252,13 +218,13 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     m, t, e, lo, o, dy = cfg.model, cfg.task, cfg.estimator, cfg.loss, cfg.optimizer, cfg.dynamics
     _expect(cfg.mode in ("train", "evaluate", "gducheck"),
             f"mode={cfg.mode!r} is not known; expected train, evaluate or gducheck")
-    _expect(isinstance(cfg.epochs, int) and cfg.epochs >= 0, f"epochs={cfg.epochs!r} must be an integer >= 0")
+    _expect(cfg.epochs >= 0, f"epochs={cfg.epochs!r} must be an integer >= 0")
     _expect(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r} must be float32 or float64")
-    _expect(isinstance(dy.T1, int) and dy.T1 > 0, f"dynamics.T1={dy.T1!r} must be a positive integer (steps of the free phase)")
-    _expect(isinstance(dy.T2, int) and dy.T2 > 0, f"dynamics.T2={dy.T2!r} must be a positive integer (steps of the nudged phase)")
+    _expect(dy.T1 > 0, f"dynamics.T1={dy.T1!r} must be a positive integer (steps of the free phase)")
+    _expect(dy.T2 > 0, f"dynamics.T2={dy.T2!r} must be a positive integer (steps of the nudged phase)")
     _expect(dy.update in ("sync", "async"), f"dynamics.update={dy.update!r} must be sync or async")
     _expect(dy.tol >= 0, f"dynamics.tol={dy.tol!r} must be >= 0 (0 disables the convergence stop)")
-    _expect(dy.check_every is None or (isinstance(dy.check_every, int) and dy.check_every >= 1),
+    _expect(dy.check_every is None or dy.check_every >= 1,
             f"dynamics.check_every={dy.check_every!r} must be null (auto) or an integer >= 1 "
             "(steps between convergence checks)")
     _expect(not dy.tf32 or cfg.dtype == "float32",
@@ -295,8 +261,8 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
             f"model.activation={m.activation!r} is not known; expected one of {sorted(ACTIVATIONS)}")
     _expect(m.name in MODELS, f"model.name={m.name!r} is not known; expected one of {list(MODELS)}")
 
-    if m.name in ("mlp", "vf_mlp"):
-        _expect(_is_int_list(m.archi) and len(m.archi) >= 2 and all(a > 0 for a in m.archi),
+    if m.dense:
+        _expect(m.archi is not None and len(m.archi) >= 2 and all(a > 0 for a in m.archi),
                 f"model.archi={m.archi!r} must list at least two positive layer sizes, input first (e.g. [784,512,10])")
         _expect(m.archi[0] == t.input_dim,
                 f"model.archi[0]={m.archi[0]} does not match the input of task={t.name} "
@@ -304,17 +270,17 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         out = m.archi[-1]
     else:
         n = len(m.channels or [])
-        _expect(_is_int_list(m.channels) and n >= 1 and all(c > 0 for c in m.channels),
+        _expect(n >= 1 and all(c > 0 for c in m.channels),
                 f"model.channels={m.channels!r} must list at least one positive number of feature maps")
         for key in ("kernels", "strides", "paddings"):
             v = getattr(m, key)
-            _expect(_is_int_list(v) and len(v) == n,
+            _expect(v is not None and len(v) == n,
                     f"model.{key}={v!r} must have one integer per conv layer ({n}, as model.channels={m.channels})")
         _expect(all(k > 0 for k in m.kernels) and all(s > 0 for s in m.strides) and all(p >= 0 for p in m.paddings),
                 "model.kernels and model.strides must be > 0 and model.paddings >= 0")
-        _expect(isinstance(m.pools, str) and len(m.pools) == n and all(c in POOLS for c in m.pools),
+        _expect(m.pools is not None and len(m.pools) == n and all(c in POOLS for c in m.pools),
                 f"model.pools={m.pools!r} must have one letter per conv layer ({n}): m=max, a=average, i=none")
-        _expect(_is_int_list(m.fc) and len(m.fc) >= 1 and all(f > 0 for f in m.fc),
+        _expect(m.fc is not None and len(m.fc) >= 1 and all(f > 0 for f in m.fc),
                 f"model.fc={m.fc!r} must list at least one fully connected layer (the last one is the output, e.g. [10])")
         sizes = conv_sizes(t.in_size, m)
         _expect(all(s >= 1 for s in sizes),
@@ -333,8 +299,8 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     for key in ("lrs", "wds"):
         v = getattr(o, key)
         if v is not None:
-            _expect(isinstance(v, list) and len(v) == n_syn,
-                    f"optimizer.{key}={v} has {len(v) if isinstance(v, list) else v!r} value(s) but model={m.name} "
+            _expect(len(v) == n_syn,
+                    f"optimizer.{key}={v} has {len(v)} value(s) but model={m.name} "
                     f"has {n_syn} layers of weights; give one value per layer")
     _expect(_positive(o.lr), f"optimizer.lr={o.lr!r} must be a finite number > 0")
     _expect(all(_positive(v) for v in (o.lrs or [])), f"optimizer.lrs={o.lrs} must all be finite numbers > 0")
@@ -346,11 +312,10 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         _expect(_non_negative(o.eta_min), f"optimizer.eta_min={o.eta_min!r} must be a finite number >= 0")
     _expect(m.scale is None or _positive(m.scale), f"model.scale={m.scale!r} must be a finite number > 0, or null")
     if m.dropouts is not None:
-        _expect(isinstance(m.dropouts, list) and len(m.dropouts) == n_syn,
-                f"model.dropouts={m.dropouts} has "
-                f"{len(m.dropouts) if isinstance(m.dropouts, list) else m.dropouts!r} value(s) "
-                f"but model={m.name} has {n_syn} layers; give one keep probability per layer")
-        _expect(all(isinstance(p, (int, float)) and 0 < p <= 1 for p in m.dropouts),
+        _expect(len(m.dropouts) == n_syn,
+                f"model.dropouts={m.dropouts} has {len(m.dropouts)} value(s) but model={m.name} has {n_syn} layers; "
+                "give one keep probability per layer")
+        _expect(all(0 < p <= 1 for p in m.dropouts),
                 f"model.dropouts={m.dropouts} are keep probabilities and must lie in (0, 1]")
     if cfg.mode == "evaluate":
         _expect(cfg.load_path is not None, "mode=evaluate needs load_path=<run dir> (a training run's output dir)")
@@ -359,6 +324,5 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
             "and gdu.every >= 0")
     b = cfg.gdu.betas
     if b is not None:
-        _expect(isinstance(b, list) and len(b) >= 1
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in b),
+        _expect(len(b) >= 1 and all(v > 0 for v in b),
                 f"gdu.betas={b!r} must list betas > 0 for the GDU study (e.g. [0.4,0.2,0.1,0.05]), or be null")

@@ -158,9 +158,10 @@ def test_mode_disabled_writes_no_wandb_files(tmp_path, no_login):
 
 @pytest.mark.parametrize("override, message", [
     ("logger.mode=onlin", "logger.mode='onlin' is not known; expected one of auto, online, offline, disabled"),
-    ("+logger.projet=x", "unknown config key logger.'projet'; did you mean logger.project?"),
-    ("logger.tags=smoke", "logger.tags='smoke' must be a list"),
+    # the logger schema (eqprop.config.LoggerConfig) words it like every other unknown key
+    ("+logger.projet=x", "unknown config key logger.projet; did you mean logger.project?"),
     ("logger.init_timeout=0", "logger.init_timeout=0 must be a number of seconds > 0"),
+    ("logger.tags=[a,'']", "logger.tags=['a', ''] must be a list of non-empty strings"),
 ])
 def test_bad_logger_settings_stop_before_any_compute_with_exit_code_2(tmp_path, capsys, override, message):
     from eqprop.app import main
@@ -170,3 +171,12 @@ def test_bad_logger_settings_stop_before_any_compute_with_exit_code_2(tmp_path, 
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_a_logger_setting_of_the_wrong_type_is_refused_by_launch_with_exit_code_2(tmp_path, no_login):
+    # refused while Hydra composes (the logger schema), before eqprop's code runs: launch.py words it
+    run_dir = tmp_path / "run"
+    p = launch_cli(TINY + ["task=digits", "logger=wandb", "logger.tags=smoke"], run_dir=run_dir, timeout=120)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "logger.tags='smoke' must be a list" in p.stderr and "Traceback" not in p.stderr
+    assert not run_dir.exists()

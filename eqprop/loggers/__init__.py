@@ -19,8 +19,8 @@ class NullLogger:
 
 
 def build_logger(logger_cfg, run_dir: Path, config: dict):
-    """logger_cfg: the plain dict of the `logger` config group (or None)."""
-    name = (logger_cfg or {}).get("name", "none")
+    """logger_cfg: the `logger` config group (eqprop.config.LoggerConfig)."""
+    name = logger_cfg.name
     if name == "none":
         return NullLogger()
     if name == "wandb":

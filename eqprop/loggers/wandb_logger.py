@@ -10,6 +10,7 @@
 - group = task-model-loss and job_type = estimator (conf/logger/wandb.yaml): a dashboard grouped by
   both shows one curve per estimator with the seeds collapsed into mean and spread.
 """
+import dataclasses
 import netrc
 import os
 import secrets
@@ -23,8 +24,6 @@ from eqprop.config import ConfigError
 ID_FILE = "wandb_run_id"
 STEP_FILE = "wandb_step"     # the last W&B step logged, so that a requeued segment continues after it
 MODES = ("auto", "online", "offline", "disabled")
-KEYS = {"name", "project", "entity", "mode", "group", "job_type", "run_name", "tags", "notes", "histograms",
-        "init_timeout", "finish_timeout"}
 # finish(status) -> the exit code W&B stores; any non-zero code shows the run as failed
 EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 143}
 
@@ -33,28 +32,18 @@ def family(estimator: str) -> str:
     return "BPTT" if estimator == "bptt" else "EP"
 
 
-def check_config(cfg: dict) -> dict:
-    import difflib
-
-    for k in cfg:
-        if k not in KEYS:
-            close = difflib.get_close_matches(k, KEYS, n=1)
-            hint = f"; did you mean logger.{close[0]}?" if close else f"; known keys: {sorted(KEYS)}"
-            raise ConfigError(f"unknown config key logger.{k!r}{hint}")
-    out = {"project": "eqprop", "entity": None, "mode": "auto", "group": None, "job_type": None,
-           "run_name": None, "tags": [], "notes": None, "histograms": True, "init_timeout": 30,
-           "finish_timeout": 60, **cfg}
+def check_config(cfg) -> dict:
+    """The values W&B needs (keys and types are checked by the schema, eqprop.config.LoggerConfig)."""
+    out = dataclasses.asdict(cfg)
     if out["mode"] not in MODES:
         raise ConfigError(f"logger.mode={out['mode']!r} is not known; expected one of {', '.join(MODES)}")
-    tags = out["tags"] if out["tags"] is not None else []
-    if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):
+    if not all(out["tags"]):
         raise ConfigError(f"logger.tags={out['tags']!r} must be a list of non-empty strings, "
                           "e.g. logger.tags=[baseline,v2]")
-    out["tags"] = list(tags)
     for key in ("init_timeout", "finish_timeout"):
         v = out[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "init_timeout" and v == 0):
-            raise ConfigError(f"logger.{key}={v!r} must be a number of seconds "
+        if v < 0 or (key == "init_timeout" and v == 0):
+            raise ConfigError(f"logger.{key}={v:g} must be a number of seconds "
                               f"{'> 0' if key == 'init_timeout' else '>= 0 (0 = no limit)'}")
     if not out["project"]:
         raise ConfigError("logger.project must name a W&B project, e.g. logger.project=eqprop")
@@ -87,8 +76,8 @@ def _warn(msg: str) -> None:
 
 
 class WandbLogger:
-    def __init__(self, logger_cfg: dict, run_dir: Path, config: dict):
-        self.cfg = check_config(dict(logger_cfg))
+    def __init__(self, logger_cfg, run_dir: Path, config: dict):
+        self.cfg = check_config(logger_cfg)
         self.run_dir = Path(run_dir)
         self.config = config
         self.mode = resolve_mode(self.cfg["mode"])
