@@ -73,7 +73,7 @@ def test_evaluate_appends_accuracies_to_the_run(tmp_path):
     assert "test acc" in p.stdout
     # the training config of the run is untouched by the evaluation
     assert "mode: train" in (tmp_path / ".hydra" / "config.yaml").read_text()
-    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate" / "config.yaml").read_text()
+    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate-1" / "config.yaml").read_text()
 
 
 def test_gducheck_writes_json_and_figure(tmp_path):

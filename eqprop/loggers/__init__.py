@@ -18,15 +18,25 @@ class NullLogger:
         pass
 
 
+def check_logger_config(logger_cfg) -> None:
+    """ConfigError for logger settings that cannot work: checked with the rest of the config, before
+    the run writes anything."""
+    name = (logger_cfg or {}).get("name", "none")
+    if name == "wandb":
+        from eqprop.loggers.wandb_logger import check_config
+
+        check_config(dict(logger_cfg))
+    elif name != "none":
+        from eqprop.config import ConfigError
+
+        raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
+
+
 def build_logger(logger_cfg, run_dir: Path, config: dict):
     """logger_cfg: the plain dict of the `logger` config group (or None)."""
-    name = (logger_cfg or {}).get("name", "none")
-    if name == "none":
+    check_logger_config(logger_cfg)
+    if (logger_cfg or {}).get("name", "none") == "none":
         return NullLogger()
-    if name == "wandb":
-        from eqprop.loggers.wandb_logger import WandbLogger
+    from eqprop.loggers.wandb_logger import WandbLogger
 
-        return WandbLogger(logger_cfg, run_dir, config)
-    from eqprop.config import ConfigError
-
-    raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
+    return WandbLogger(logger_cfg, run_dir, config)

@@ -10,14 +10,16 @@
 - group = task-model-loss and job_type = estimator (conf/logger/wandb.yaml): a dashboard grouped by
   both shows one curve per estimator with the seeds collapsed into mean and spread.
 """
+import logging
 import netrc
 import os
 import secrets
 import string
-import sys
 from pathlib import Path
 
 from eqprop.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 ID_FILE = "wandb_run_id"
 STEP_FILE = "wandb_step"     # the last W&B step logged, so that a requeued segment continues after it
@@ -82,7 +84,7 @@ def resolve_mode(mode: str) -> str:
 
 
 def _warn(msg: str) -> None:
-    print(f"[eqprop] warning: {msg}", file=sys.stderr, flush=True)
+    log.warning("warning: %s", msg)
 
 
 class WandbLogger:
