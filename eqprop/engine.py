@@ -28,7 +28,7 @@ from eqprop.losses import build_loss
 from eqprop.models import build_model
 from eqprop.models.dropout import dropout_masks
 from eqprop.optim import build_optimizer
-from eqprop.plots import plot_accuracy, plot_activity
+from eqprop.plots import plot_accuracy, plot_activity, run_title
 from eqprop.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -339,9 +339,10 @@ def train(run: Run, logger) -> dict:
             # the two figures cost ~1 s of matplotlib here, more than a whole mnist5k epoch: redrawn
             # at most every PLOT_EVERY_S (every epoch of a real CIFAR-10 run) and after the last epoch
             if epoch + 1 == cfg.epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
-                plot_accuracy(history, run_dir / "accuracy.png")
+                title = run_title(cfg)
+                plot_accuracy(history, run_dir / "accuracy.png", title=title)
                 if last_state is not None:
-                    plot_activity(last_state, run_dir / "activity.png")
+                    plot_activity(last_state, run_dir / "activity.png", title=f"epoch {epoch + 1}, {title}")
                 last_plot = time.perf_counter()
             logger.log_epoch(metrics, state=last_state, model=model)
             log.info("epoch %d/%d  train acc %.4f  test acc %.4f  loss %.4f  %.1fs", epoch + 1, cfg.epochs,

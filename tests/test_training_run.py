@@ -41,7 +41,7 @@ def test_figures_are_redrawn_at_most_every_plot_every_s_and_after_the_last_epoch
     from eqprop import engine
     seen = []
     monkeypatch.setattr(engine, "PLOT_EVERY_S", every)
-    monkeypatch.setattr(engine, "plot_accuracy", lambda history, path: seen.append(history[-1]["epoch"]))
+    monkeypatch.setattr(engine, "plot_accuracy", lambda history, path, **kw: seen.append(history[-1]["epoch"]))
     run_inprocess(TINY + ["epochs=4"], tmp_path)
     assert seen == draws
 
