@@ -1,5 +1,7 @@
 """eqprop's training job: `python launch.py estimator=symmetric loss=cel` (see README.md)."""
+import difflib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -79,5 +81,25 @@ def _resolved(cfg: DictConfig, multirun: bool) -> dict:
         sys.exit(2)
 
 
+def _check_top_level_keys(argv) -> None:
+    """A typo in a top-level key (`estimater=symmetric`) gets eqprop's hint at once, where Hydra would
+    first suggest adding it with `+estimater=`; exit 2 before anything is written."""
+    import yaml
+
+    conf = Path(__file__).resolve().parent / "conf"
+    known = ({p.name for p in conf.iterdir() if p.is_dir()} | set(yaml.safe_load((conf / "config.yaml").read_text()))
+             | {"hydra", "sweep"}) - {"defaults"}
+    for arg in argv:
+        m = re.match(r"([A-Za-z_][\w-]*)[.@/=]", arg)  # plain overrides; +key=... is eqprop.config's to check
+        if not m or "=" not in arg or m.group(1) in known:
+            continue
+        key = m.group(1)
+        close = difflib.get_close_matches(key, sorted(known - {"hydra"}), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+        print(f"[eqprop] error: unknown config key {key}; {hint}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _check_top_level_keys(sys.argv[1:])
     main()
