@@ -13,6 +13,12 @@ def run_title(cfg) -> str:
 
 
 def plot_accuracy(history, path, title: str = ""):
+    fig = accuracy_figure(history, title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def accuracy_figure(history, title: str = ""):
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", markersize=3, label="train")
@@ -24,11 +30,16 @@ def plot_accuracy(history, path, title: str = ""):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_activity(state, path, title: str = ""):
+    fig = activity_figure(state, title)
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_activity(state, path, title: str = ""):
+def activity_figure(state, title: str = ""):
     """One histogram per neuron layer of the free-phase states of the last training batch."""
     n = len(state)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
@@ -41,5 +52,4 @@ def plot_activity(state, path, title: str = ""):
     fig.suptitle("Neural activity at the free equilibrium, last batch" + (f"\n{title}" if title else ""),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
