@@ -1,6 +1,5 @@
 """eqprop's training job: `python launch.py estimator=symmetric loss=cel` (see README.md)."""
 import difflib
-import logging
 import re
 import sys
 from pathlib import Path
@@ -33,7 +32,6 @@ def main(cfg: DictConfig):
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    logging.captureWarnings(True)  # library warnings land in the run's launch.log too
     try:
         resolved = _resolved(cfg, multirun)
         return app_main(resolved, Path(hc.runtime.output_dir), multirun=multirun,

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch
 
@@ -26,17 +26,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class CommandLine:
     """What launch.py knows of this command: its overrides, the dir where Hydra keeps this command's copy
-    of the config (hydra.output_subdir), and the keys the overrides set (computed when a run continues)."""
+    of the config (hydra.output_subdir), and the keys the overrides set (computed when a run continues,
+    with notes for the log: resume_settings.explicit_prefixes)."""
     overrides: List[str]
     subdir: Optional[str]
-    explicit: Callable[[], Set[str]]
+    explicit: Callable[[], Tuple[Set[str], List[str]]]
 
 
 @dataclass
 class Continued:
-    """A run that this command continues: the settings it continues with and what the command changed."""
+    """A run that this command continues: what the command changed, and what to say about it (logged
+    once the command is accepted: a refused command must not touch the run's launch.log)."""
     run_dir: Path
     changes: dict
+    notes: List[str]
 
 
 def _adopt_architecture(cfg: RunConfig, stored: dict, where: Path) -> None:
@@ -88,11 +91,11 @@ def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[Com
         raise ConfigError(f"cannot read the settings stored in {d} ({type(err).__name__}: {err}); repair the "
                           "file or start a new run") from None
     if stored is None:  # a run not started by launch.py keeps no settings: the command line's hold
-        log.warning("%s keeps no stored settings (no .hydra/config.yaml): continuing with this command "
-                    "line's settings", d)
-        return cfg_dict, Continued(d, {})
-    effective, changes = merge(stored, cfg_dict, command_line.explicit())
-    return effective, Continued(d, changes)
+        return cfg_dict, Continued(d, {}, [f"{d} keeps no stored settings (no .hydra/config.yaml): continuing "
+                                           "with this command line's settings"])
+    explicit, notes = command_line.explicit()
+    effective, changes = merge(stored, cfg_dict, explicit)
+    return effective, Continued(d, changes, notes)
 
 
 def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], run_dir: Path,
@@ -103,7 +106,7 @@ def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], r
     from eqprop.run_record import FIRST, write_resume_record
 
     changes = cont.changes if cont is not None else {}
-    for line in describe(changes):
+    for line in (cont.notes if cont is not None else []) + describe(changes):
         log.warning(line)
     if "epochs" in changes:
         log.info("epochs: %s -> %s", *changes["epochs"])
@@ -232,6 +235,9 @@ def main(cfg_dict: dict, run_dir: Path, multirun: bool = False, command_line: Op
             raise Interrupted(_stopped_by, "before this job started (an earlier job of the sweep was stopped by it)")
         cfg_dict, continued = continued_settings(cfg_dict, run_dir, command_line)
         cfg, device, weights = prepare(cfg_dict, run_dir)
+        # accepted: from here library warnings land in the run's launch.log too (not before, as a
+        # refused command must leave that file as it was)
+        logging.captureWarnings(True)
         return run_mode(cfg, device, weights, run_dir, cfg_dict, continued, command_line)
     except (ConfigError, ckpt.CheckpointError) as err:
         _refused(where, err, multirun)

@@ -3,7 +3,7 @@ line explicitly says so (like the original code's --load-path, which took the ru
 from its saved file). Plain dicts in, plain dicts out: no torch, no Hydra state.
 """
 import copy
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Set, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -28,14 +28,16 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
 
 
 def explicit_prefixes(overrides: List[str], choices: dict, composed: dict,
-                      compose_without: Optional[Callable[[List[str]], dict]] = None) -> Set[str]:
+                      compose_without: Callable[[List[str]], dict]) -> Tuple[Set[str], List[str]]:
     """The dotted keys (or whole sections) that these command-line overrides set.
 
     `key=value` sets key; `group=option` sets the whole section (estimator=bptt: name and beta); a
     preset of the global package (`+experiment=...`, `+sweep=...`) sets the keys where the config
-    composed with it differs from the one composed without it (compose_without)."""
+    composed with it differs from the one composed without it (compose_without). Also returns notes
+    for the run's log (nothing is logged here: the command may still be refused)."""
     parsed = OverridesParser.create().parse_overrides([o for o in overrides])
     out: Set[str] = set()
+    notes: List[str] = []
     global_presets = []
     for o, text in zip(parsed, overrides):
         key = o.key_or_group
@@ -45,11 +47,17 @@ def explicit_prefixes(overrides: List[str], choices: dict, composed: dict,
             global_presets.append(text)
         else:
             out.add(key.replace("/", "."))
-    if global_presets and compose_without is not None:
+    if global_presets:
         rest = [o for o in overrides if o not in global_presets]
-        without, with_ = flat(compose_without(rest)), flat(composed)
+        try:
+            without = flat(compose_without(rest))
+        except Exception as err:  # noqa: BLE001 - no Hydra to compose with: the preset sets all it could
+            notes.append(f"cannot tell which keys {' '.join(global_presets)} sets ({type(err).__name__}: {err}); "
+                         "every setting of this command line is taken")
+            without = {}
+        with_ = flat(composed)
         out |= {k for k in set(with_) | set(without) if with_.get(k, KeyError) != without.get(k, KeyError)}
-    return out
+    return out, notes
 
 
 def _get(d: dict, dotted: str):
