@@ -37,7 +37,6 @@ class CommandLine:
 class Continued:
     """A run that this command continues: what the command changed, and what to say about it (logged
     once the command is accepted: a refused command must not touch the run's launch.log)."""
-    run_dir: Path
     changes: dict
     notes: List[str]
 
@@ -91,11 +90,11 @@ def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[Com
         raise ConfigError(f"cannot read the settings stored in {d} ({type(err).__name__}: {err}); repair the "
                           "file or start a new run") from None
     if stored is None:  # a run not started by launch.py keeps no settings: the command line's hold
-        return cfg_dict, Continued(d, {}, [f"{d} keeps no stored settings (no .hydra/config.yaml): continuing "
+        return cfg_dict, Continued({}, [f"{d} keeps no stored settings (no .hydra/config.yaml): continuing "
                                            "with this command line's settings"])
     explicit, notes = command_line.explicit()
     effective, changes = merge(stored, cfg_dict, explicit)
-    return effective, Continued(d, changes, notes)
+    return effective, Continued(changes, notes)
 
 
 def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], run_dir: Path,
