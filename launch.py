@@ -1,4 +1,6 @@
 """eqprop's training job: `python launch.py estimator=symmetric loss=cel` (see README.md)."""
+import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -8,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import eqprop.config  # noqa: F401  (registers the schemas that conf/*.yaml extend, before Hydra composes)
+from eqprop.run_record import invocation_subdir
 
 
 def _run_dir(resume, load_path, mode, default):
@@ -20,8 +23,7 @@ def _run_dir(resume, load_path, mode, default):
 
 
 OmegaConf.register_new_resolver("eqprop_run_dir", _run_dir, replace=True)
-OmegaConf.register_new_resolver("eqprop_subdir", lambda mode: ".hydra" if mode == "train" else f".hydra-{mode}",
-                                replace=True)
+OmegaConf.register_new_resolver("eqprop_subdir", invocation_subdir, replace=True)
 OmegaConf.register_new_resolver("eqprop_root", lambda: str(Path(__file__).resolve().parent), replace=True)
 
 
@@ -32,11 +34,34 @@ def main(cfg: DictConfig):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return app_main(_resolved(cfg, multirun), Path(hc.runtime.output_dir), multirun=multirun)
+        resolved = _resolved(cfg, multirun)
+        return app_main(resolved, Path(hc.runtime.output_dir), multirun=multirun,
+                        command_line=_command_line(hc, resolved))
     except SystemExit as exit_:
         if exit_.code == 2 and not multirun:
-            _discard_refused_run_dir(hc)
+            from eqprop.run_dir_guard import discard_refused
+
+            discard_refused(hc.runtime.output_dir, hc.output_subdir, f"{hc.job.name}.log")
         raise
+
+
+def _command_line(hc, resolved: dict):
+    """What this command line says, for a run that continues: its overrides, the keys they set, and
+    the dir where Hydra keeps this command's copy of the config."""
+    from eqprop.app import CommandLine
+    from eqprop.resume_settings import explicit_prefixes
+
+    overrides = [str(o) for o in hc.overrides.task]
+
+    def compose_without(kept):
+        from hydra import compose
+
+        plain = [o for o in kept if not o.lstrip("+~").startswith("hydra")]
+        return OmegaConf.to_container(compose(config_name="config", overrides=plain), resolve=True)
+
+    choices = OmegaConf.to_container(hc.runtime.choices)
+    return CommandLine(overrides, hc.output_subdir,
+                       lambda: explicit_prefixes(overrides, choices, resolved, compose_without))
 
 
 def _resolved(cfg: DictConfig, multirun: bool) -> dict:
@@ -55,29 +80,29 @@ def _resolved(cfg: DictConfig, multirun: bool) -> dict:
         sys.exit(2)
 
 
-def _discard_refused_run_dir(hc) -> None:
-    """A refused config leaves no run behind: Hydra has already written its config copy and log into
-    a fresh run dir, so remove them, but only from a dir that holds nothing else."""
-    run_dir = Path(hc.runtime.output_dir)
-    ours = {run_dir / f"{hc.job.name}.log"}
-    if hc.output_subdir:
-        ours |= {run_dir / hc.output_subdir / f for f in ("config.yaml", "hydra.yaml", "overrides.yaml")}
-    try:
-        files = [p for p in run_dir.rglob("*") if not p.is_dir()]
-        if not set(files) <= ours:
-            return
-        for f in files:
-            f.unlink()
-        if hc.output_subdir and (run_dir / hc.output_subdir).is_dir():
-            (run_dir / hc.output_subdir).rmdir()
-        run_dir.rmdir()
-    except OSError:  # not ours to fight over: the run dir merely stays
-        pass
+def _check_top_level_keys(argv) -> None:
+    """A typo in a top-level key (`estimater=symmetric`) gets eqprop's hint at once, where Hydra would
+    first suggest adding it with `+estimater=`; exit 2 before anything is written."""
+    from dataclasses import fields
+
+    conf = Path(__file__).resolve().parent / "conf"
+    known = {p.name for p in conf.iterdir() if p.is_dir()} | {f.name for f in fields(eqprop.config.RunConfig)} \
+        | {"hydra", "sweep"}
+    for arg in argv:
+        m = re.match(r"([A-Za-z_][\w-]*)[.@/=]", arg)  # plain overrides; +key=... is eqprop.config's to check
+        if not m or "=" not in arg or m.group(1) in known:
+            continue
+        key = m.group(1)
+        close = difflib.get_close_matches(key, sorted(known - {"hydra"}), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+        print(f"[eqprop] error: unknown config key {key}; {hint}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
     from eqprop.config_errors import refuse_what_does_not_compose
 
+    _check_top_level_keys(sys.argv[1:])
     # a wrong type or unknown key: eqprop's message and exit 2, rather than Hydra's wording and exit 1
     refuse_what_does_not_compose(str(Path(__file__).resolve().parent / "conf"), "config", sys.argv[1:],
                                  eqprop.config.RunConfig)

@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, List, Optional, Set, Tuple
 
 import torch
 
@@ -16,10 +17,28 @@ from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, ModelConfig, RunConfig, from_dict, validate
 from eqprop.engine import (CHECKPOINT_KEYS, MODEL_KEYS, Diverged, Interrupted, Run, check_same_architecture,
                            evaluate, resolve_device, train)
-from eqprop.loggers import build_logger
+from eqprop.loggers import build_logger, check_logger_config
 from eqprop.tasks import check_available
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommandLine:
+    """What launch.py knows of this command: its overrides, the dir where Hydra keeps this command's copy
+    of the config (hydra.output_subdir), and the keys the overrides set (computed when a run continues,
+    with notes for the log: resume_settings.explicit_prefixes)."""
+    overrides: List[str]
+    subdir: Optional[str]
+    explicit: Callable[[], Tuple[Set[str], List[str]]]
+
+
+@dataclass
+class Continued:
+    """A run that this command continues: what the command changed, and what to say about it (logged
+    once the command is accepted: a refused command must not touch the run's launch.log)."""
+    changes: dict
+    notes: List[str]
 
 
 def _adopt_architecture(cfg: RunConfig, stored: dict, where: Path) -> None:
@@ -46,9 +65,58 @@ def _load_weights(cfg: RunConfig):
     return state
 
 
+def _continued_run(cfg_dict: dict, run_dir: Path) -> Optional[Path]:
+    """The run dir this training command continues: resume=, or the job's own dir when it already holds
+    a checkpoint (a requeued job)."""
+    if cfg_dict.get("mode", "train") != "train":
+        return None
+    d = Path(str(cfg_dict["resume"])) if cfg_dict.get("resume") else run_dir
+    return d if (d / "checkpoint.pt").is_file() else None
+
+
+def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[CommandLine]):
+    """A run that continues keeps its own stored settings; only the keys this command line sets change.
+    (cfg_dict, None) for a new run, and for a caller that gives no command line (the config is taken
+    as it is)."""
+    from eqprop.report_runs import stored_config
+    from eqprop.resume_settings import merge
+
+    d = _continued_run(cfg_dict, run_dir)
+    if d is None or command_line is None:
+        return cfg_dict, None
+    try:
+        stored = stored_config(d)
+    except Exception as err:  # noqa: BLE001 - any unreadable record is bad input here
+        raise ConfigError(f"cannot read the settings stored in {d} ({type(err).__name__}: {err}); repair the "
+                          "file or start a new run") from None
+    if stored is None:  # a run not started by launch.py keeps no settings: the command line's hold
+        return cfg_dict, Continued({}, [f"{d} keeps no stored settings (no .hydra/config.yaml): continuing "
+                                           "with this command line's settings"])
+    explicit, notes = command_line.explicit()
+    effective, changes = merge(stored, cfg_dict, explicit)
+    return effective, Continued(changes, notes)
+
+
+def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], run_dir: Path,
+                    command_line: Optional[CommandLine]) -> None:
+    """Say what a continued run changed, and keep the settings a later training command in this run dir
+    trains with beside Hydra's copy of its command line (the first command's are Hydra's .hydra/)."""
+    from eqprop.resume_settings import describe
+    from eqprop.run_record import FIRST, write_resume_record
+
+    changes = cont.changes if cont is not None else {}
+    for line in (cont.notes if cont is not None else []) + describe(changes):
+        log.warning(line)
+    if "epochs" in changes:
+        log.info("epochs: %s -> %s", *changes["epochs"])
+    if cfg.mode == "train" and command_line is not None and command_line.subdir not in (None, FIRST):
+        write_resume_record(run_dir / command_line.subdir, cfg_dict, changes, command_line.overrides)
+
+
 def prepare(cfg_dict: dict, run_dir: Path):
     """Everything that can fail on bad input, before any compute."""
     cfg = from_dict(cfg_dict)
+    check_logger_config(cfg.logger)
     device = resolve_device(cfg.device)
     if cfg.resume is not None:
         r = Path(cfg.resume)
@@ -68,8 +136,11 @@ def prepare(cfg_dict: dict, run_dir: Path):
     return cfg, device, weights
 
 
-def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict) -> dict:
+def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict,
+             continued: Optional[Continued] = None, command_line: Optional[CommandLine] = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s: run dir %s", cfg.mode, run_dir)
+    _record_command(cfg, config_dict, continued, run_dir, command_line)
     logger = build_logger(cfg.logger, run_dir, config_dict)
     status = "failed"
     try:
@@ -91,6 +162,7 @@ def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict) 
         raise
     finally:
         logger.finish(status)
+        log.info("%s %s: run dir %s", cfg.mode, status, run_dir)
 
 
 def _evaluate(cfg, device, weights, run_dir):
@@ -102,7 +174,7 @@ def _evaluate(cfg, device, weights, run_dir):
             "T1": cfg.dynamics.T1, "batch_size": cfg.task.test_batch_size, "train_acc": train_acc,
             "test_acc": test_acc, "test_loss": test_loss}
     ckpt.append_line(Path(cfg.load_path) / "evaluations.jsonl", json.dumps(line))
-    print(f"[eqprop] evaluate {cfg.load_path}: train acc {train_acc:.4f}  test acc {test_acc:.4f}", flush=True)
+    log.info("evaluate %s: train acc %.4f  test acc %.4f", cfg.load_path, train_acc, test_acc)
     return line
 
 
@@ -158,23 +230,39 @@ def _gducheck(cfg, device, weights, run_dir, logger):
 _stopped_by = None
 
 
-def main(cfg_dict: dict, run_dir: Path, multirun: bool = False):
+def _refused(where: str, err: Exception, multirun: bool) -> None:
+    """A refused single run says so on stderr only: it must not write into the run dir, and launch.log
+    may be an earlier command's log (a refused resume=). A refused job of a multirun has its own dir."""
+    if multirun:
+        log.error("%serror: %s", where, err)
+    else:
+        sys.stderr.write(f"[eqprop] {where}error: {err}\n")
+        sys.stderr.flush()
+
+
+def main(cfg_dict: dict, run_dir: Path, multirun: bool = False, command_line: Optional[CommandLine] = None):
     """Entry point from launch.py. In a multirun, errors propagate so that Hydra marks the job failed
-    and goes on with the others; in a single run they become a message and an exit code."""
+    and goes on with the others; in a single run they become a message and an exit code.
+    command_line: what launch.py knows of the command (a run that continues keeps its own settings,
+    except the keys the command line sets); None takes cfg_dict as it is."""
     global _stopped_by
     where = f"{run_dir}: " if multirun else ""
     try:
         if multirun and _stopped_by is not None:
             raise Interrupted(_stopped_by, "before this job started (an earlier job of the sweep was stopped by it)")
+        cfg_dict, continued = continued_settings(cfg_dict, run_dir, command_line)
         cfg, device, weights = prepare(cfg_dict, run_dir)
-        return run_mode(cfg, device, weights, run_dir, cfg_dict)
+        # accepted: from here library warnings land in the run's launch.log too (not before, as a
+        # refused command must leave that file as it was)
+        logging.captureWarnings(True)
+        return run_mode(cfg, device, weights, run_dir, cfg_dict, continued, command_line)
     except (ConfigError, ckpt.CheckpointError) as err:
-        print(f"[eqprop] {where}error: {err}", file=sys.stderr, flush=True)
+        _refused(where, err, multirun)
         if multirun:
             raise
         sys.exit(2)
     except (Diverged, Interrupted) as err:
-        print(f"[eqprop] {where}{err}", file=sys.stderr, flush=True)
+        log.error("%s%s", where, err)
         if multirun:
             if isinstance(err, Interrupted):
                 _stopped_by = err.signum
@@ -182,8 +270,7 @@ def main(cfg_dict: dict, run_dir: Path, multirun: bool = False):
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         # Ctrl-C outside the training loop (start-up, evaluation): no training progress to save
-        print(f"[eqprop] {where}stopped by SIGINT (Ctrl-C) outside training; nothing to save", file=sys.stderr,
-              flush=True)
+        log.error("%sstopped by SIGINT (Ctrl-C) outside training; nothing to save", where)
         if multirun:
             raise
         sys.exit(128 + 2)

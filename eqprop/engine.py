@@ -8,6 +8,7 @@ Files written into the run dir:
   accuracy.png, activity.png
 """
 import json
+import logging
 import math
 import signal
 import time
@@ -27,9 +28,10 @@ from eqprop.losses import build_loss
 from eqprop.models import build_model
 from eqprop.models.dropout import dropout_masks
 from eqprop.optim import build_optimizer
-from eqprop.plots import plot_accuracy, plot_activity
+from eqprop.plots import plot_accuracy, plot_activity, run_title
 from eqprop.tasks import build_task
 
+log = logging.getLogger(__name__)
 
 # What a checkpoint must hold to be resumed from / evaluated (checkpoint.load refuses anything else).
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "batch", "history", "best_test_acc", "architecture")
@@ -223,7 +225,7 @@ def _resume_optimizer(run: Run, state: dict) -> None:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(min(state["epoch"], run.scheduler.T_max)):
                 run.scheduler.step()
-    print(f"[eqprop] resuming with new optimiser settings ({changed})", flush=True)
+    log.info("resuming with new optimiser settings (%s)", changed)
 
 
 def train(run: Run, logger) -> dict:
@@ -240,8 +242,8 @@ def train(run: Run, logger) -> dict:
         history, best = state["history"], state["best_test_acc"]
         start_epoch, start_batch, partial = state["epoch"], state["batch"], state.get("partial")
         _reconcile_metrics(paths["metrics.jsonl"], history)
-        print(f"[eqprop] resuming {run_dir} at epoch {start_epoch + 1}"
-              + (f", batch {start_batch + 1}" if start_batch else ""), flush=True)
+        log.info("resuming %s at epoch %d%s", run_dir, start_epoch + 1,
+                 f", batch {start_batch + 1}" if start_batch else "")
 
     def save_checkpoint(epoch, batch, partial_state):
         ckpt.save_atomic({
@@ -337,13 +339,14 @@ def train(run: Run, logger) -> dict:
             # the two figures cost ~1 s of matplotlib here, more than a whole mnist5k epoch: redrawn
             # at most every PLOT_EVERY_S (every epoch of a real CIFAR-10 run) and after the last epoch
             if epoch + 1 == cfg.epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
-                plot_accuracy(history, run_dir / "accuracy.png")
+                title = run_title(cfg)
+                plot_accuracy(history, run_dir / "accuracy.png", title=title)
                 if last_state is not None:
-                    plot_activity(last_state, run_dir / "activity.png")
+                    plot_activity(last_state, run_dir / "activity.png", title=f"epoch {epoch + 1}, {title}")
                 last_plot = time.perf_counter()
             logger.log_epoch(metrics, state=last_state, model=model)
-            print(f"[eqprop] epoch {epoch + 1}/{cfg.epochs}  train acc {metrics['train_acc']:.4f}  "
-                  f"test acc {test_acc:.4f}  loss {metrics['train_loss']:.4f}  {train_seconds:.1f}s", flush=True)
+            log.info("epoch %d/%d  train acc %.4f  test acc %.4f  loss %.4f  %.1fs", epoch + 1, cfg.epochs,
+                     metrics["train_acc"], test_acc, metrics["train_loss"], train_seconds)
             if flag.signum is not None and epoch + 1 < cfg.epochs:  # arrived during the evaluation
                 raise Interrupted(flag.signum, f"at the end of epoch {epoch + 1}; checkpoint saved in {run_dir}. "
                                   f"Rerun the same command with resume={run_dir} to continue.")

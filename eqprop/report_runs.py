@@ -1,8 +1,10 @@
 """Find the training runs under sweep or run dirs and read each one back from its own files.
 
 A run dir is any dir with .hydra/config.yaml (written by Hydra before the job starts, so a job that
-crashed early is still found). Its epochs come from metrics.jsonl; a run is complete when every
-configured epoch is there with status "ok", and otherwise carries a `problem` that says why not.
+crashed early is still found). Its settings are the ones it last trained with (a resumed run's
+.hydra-resume-<n>/effective.yaml, eqprop.run_record); its epochs come from metrics.jsonl; a run is
+complete when every configured epoch is there with status "ok", and otherwise carries a `problem`
+that says why not.
 """
 import json
 import os
@@ -12,8 +14,10 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-# W&B's, Hydra's and submitit's own folders never hold runs; skipping them keeps the walk short
-SKIP_DIRS = {"wandb", ".hydra", ".hydra-evaluate", ".hydra-gducheck", ".submitit", "__pycache__"}
+from eqprop.run_record import effective_config_path
+
+# W&B's, Hydra's (.hydra*) and submitit's own folders never hold runs; skipping them keeps the walk short
+SKIP_DIRS = {"wandb", ".submitit", "__pycache__"}
 
 
 @dataclass
@@ -36,7 +40,7 @@ def find_run_dirs(roots) -> List[Path]:
     found = []
     for root in roots:
         for dirpath, dirnames, _ in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".hydra"))
             if (Path(dirpath) / ".hydra" / "config.yaml").is_file():
                 found.append(Path(dirpath))
     return sorted(set(found))
@@ -110,12 +114,19 @@ def read_metrics(path: Path):
     return [epochs[e] for e in sorted(epochs)], bad
 
 
+def stored_config(run_dir: Path) -> Optional[dict]:
+    """The settings the run last trained with (None when it keeps none); may raise on a broken file."""
+    path = effective_config_path(run_dir)
+    return _read_config(path) if path.is_file() else None
+
+
 def load_run(run_dir: Path) -> Optional[RunRecord]:
-    """None for dirs of other modes (evaluate / gducheck keep their config in .hydra-<mode>)."""
+    """None for dirs of other modes (evaluate / gducheck keep their config in .hydra-<mode>-<n>)."""
     try:
-        config = _read_config(run_dir / ".hydra" / "config.yaml")
+        config = stored_config(run_dir) or {}
     except Exception as err:  # noqa: BLE001
-        return RunRecord(run_dir, {}, problem=f"unreadable .hydra/config.yaml ({type(err).__name__}: {err})")
+        where = effective_config_path(run_dir).relative_to(run_dir)
+        return RunRecord(run_dir, {}, problem=f"unreadable {where} ({type(err).__name__}: {err})")
     if config.get("mode", "train") != "train":
         return None
     rec = RunRecord(run_dir, config)

@@ -147,11 +147,21 @@ def job_outcome(job_dir) -> dict:
 
 
 def _job_overrides(job_dir: Path) -> Optional[List[str]]:
+    """The job's own overrides, then `key=value` for every setting a later resume of it changed: the
+    settings it last trained with (eqprop.run_record)."""
+    from eqprop.run_record import changed_settings
+
     f = job_dir / ".hydra" / "overrides.yaml"
     try:
-        return [str(o) for o in OmegaConf.load(f)] if f.is_file() else None
+        first = [str(o) for o in OmegaConf.load(f)] if f.is_file() else None
     except Exception:
         return None
+    changed = {k: v for k, v in changed_settings(job_dir).items() if k != "resume"}
+    if first is None or not changed:
+        return first
+    shown = {k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else
+             "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in changed.items()}
+    return [o for o in first if o.split("=", 1)[0].lstrip("+~") not in shown] + [f"{k}={v}" for k, v in shown.items()]
 
 
 def job_rows(sweep_dir) -> List[dict]:

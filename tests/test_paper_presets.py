@@ -263,4 +263,6 @@ def test_evaluate_preset_appends_accuracies_to_the_run(tmp_path):
         assert line["T1"] == 6 and line["batch_size"] == 200  # the preset's batch of 200
         assert line["test_acc"] == pytest.approx(best)  # model.pt is the best epoch's, same T1
         assert 0.0 <= line["train_acc"] <= 1.0
-    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate" / "config.yaml").read_text()
+    # each evaluation keeps its own copy of its command line
+    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate-1" / "config.yaml").read_text()
+    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate-2" / "config.yaml").read_text()

@@ -202,6 +202,9 @@ CLI = {
     # eqprop's own checks: exit 2, and the fresh run dir that Hydra created is removed again
     "typo added with +": (["+model.chanels=[8]"], 2, ["[eqprop] error: unknown config key model.chanels; "
                                                        "did you mean model.channels?"]),
+    # a typo in a top-level key: eqprop's hint on the first try, before Hydra's "use +estimater="
+    "top-level typo without +": (["estimater=symmetric"], 2, ["[eqprop] error: unknown config key estimater; "
+                                                               "did you mean estimator?"]),
     # checked before the data: task=mnist is not on disk here either, yet the message is about T2
     "bptt T2 > T1, before the data": (["estimator=bptt", "task=mnist", "dynamics.T2=50"], 2,
                                       ["dynamics.T2=50 must be <= dynamics.T1=30 for bptt"]),

@@ -41,7 +41,7 @@ def test_figures_are_redrawn_at_most_every_plot_every_s_and_after_the_last_epoch
     from eqprop import engine
     seen = []
     monkeypatch.setattr(engine, "PLOT_EVERY_S", every)
-    monkeypatch.setattr(engine, "plot_accuracy", lambda history, path: seen.append(history[-1]["epoch"]))
+    monkeypatch.setattr(engine, "plot_accuracy", lambda history, path, **kw: seen.append(history[-1]["epoch"]))
     run_inprocess(TINY + ["epochs=4"], tmp_path)
     assert seen == draws
 
@@ -80,7 +80,7 @@ def test_evaluate_appends_accuracies_to_the_run(tmp_path):
     assert "test acc" in p.stdout
     # the training config of the run is untouched by the evaluation
     assert "mode: train" in (tmp_path / ".hydra" / "config.yaml").read_text()
-    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate" / "config.yaml").read_text()
+    assert "mode: evaluate" in (tmp_path / ".hydra-evaluate-1" / "config.yaml").read_text()
 
 
 def test_gducheck_writes_json_and_figure(tmp_path):

@@ -18,15 +18,25 @@ class NullLogger:
         pass
 
 
+def check_logger_config(logger_cfg) -> None:
+    """ConfigError for logger settings that cannot work: checked with the rest of the config, before
+    the run writes anything."""
+    name = logger_cfg.name
+    if name == "wandb":
+        from eqprop.loggers.wandb_logger import check_config
+
+        check_config(logger_cfg)
+    elif name != "none":
+        from eqprop.config import ConfigError
+
+        raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
+
+
 def build_logger(logger_cfg, run_dir: Path, config: dict):
     """logger_cfg: the `logger` config group (eqprop.config.LoggerConfig)."""
-    name = logger_cfg.name
-    if name == "none":
+    check_logger_config(logger_cfg)
+    if logger_cfg.name == "none":
         return NullLogger()
-    if name == "wandb":
-        from eqprop.loggers.wandb_logger import WandbLogger
+    from eqprop.loggers.wandb_logger import WandbLogger
 
-        return WandbLogger(logger_cfg, run_dir, config)
-    from eqprop.config import ConfigError
-
-    raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
+    return WandbLogger(logger_cfg, run_dir, config)

@@ -11,15 +11,17 @@
   both shows one curve per estimator with the seeds collapsed into mean and spread.
 """
 import dataclasses
+import logging
 import netrc
 import os
 import secrets
 import string
-import sys
 from pathlib import Path
 
 from eqprop.checkpoint import write_text_atomic
 from eqprop.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 ID_FILE = "wandb_run_id"
 STEP_FILE = "wandb_step"     # the last W&B step logged, so that a requeued segment continues after it
@@ -72,7 +74,7 @@ def resolve_mode(mode: str) -> str:
 
 
 def _warn(msg: str) -> None:
-    print(f"[eqprop] warning: {msg}", file=sys.stderr, flush=True)
+    log.warning("warning: %s", msg)
 
 
 class WandbLogger:
