@@ -128,7 +128,8 @@ class LoggerConfig:
 
 @dataclass
 class SweepConfig:
-    name: str = ""                           # the sweeps/sweep/<name>.yaml a multirun job belongs to
+    name: str = ""                           # the sweeps/sweep/<name>.yaml (or conf/search/<name>.yaml) of a multirun job
+    search: Optional[str] = None             # optuna: the job is a trial of a search (+search=<name>)
 
 
 @dataclass
