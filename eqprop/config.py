@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional, Union, get_args, get_origin, get_type_hints
 
 from eqprop.activations import ACTIVATIONS
-from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS
+from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS, WITH_POINTS
 from eqprop.losses import LOSSES
 from eqprop.models import MODELS
 from eqprop.models.synapses import POOLS
@@ -55,6 +55,7 @@ class TaskConfig:
 class EstimatorConfig:
     name: str = "symmetric"
     beta: float = 0.5
+    points: Optional[int] = None             # n_point / holomorphic: nudged phases (null: 4); others ignore it
 
 
 @dataclass
@@ -268,6 +269,9 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         _expect(_positive(e.beta),
                 f"estimator.beta={e.beta!r} must be > 0 for estimator={e.name} (the nudging strength; "
                 "the sign is set by the estimator)")
+    if e.name in WITH_POINTS:  # the estimator's own rules (points, and what it can run)
+        problem = ESTIMATORS[e.name].config_problem(cfg)
+        _expect(problem is None, problem)
     if e.name == "bptt":
         _expect(dy.T2 <= dy.T1, f"dynamics.T2={dy.T2} must be <= dynamics.T1={dy.T1} for bptt "
                 "(BPTT back-propagates through the last T2 of the T1 free steps)")

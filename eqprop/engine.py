@@ -99,7 +99,7 @@ class Run:
         self.loss = build_loss(cfg.loss.name, cfg.loss.softmax_readout)
         self.model = build_model(cfg.model, self.loss, cfg.task.in_channels, cfg.task.in_size)
         self.model.to(device=device, dtype=self.dtype)
-        self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
+        self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta, cfg.estimator.points)
         d = cfg.dynamics
         # graph is ignored off CUDA by relax itself
         self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last,
