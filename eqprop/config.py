@@ -96,6 +96,7 @@ class GduConfig:
     n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
     every: int = 0                           # > 0: run the check every N training batches (--check-thm)
     betas: Optional[List[float]] = None      # gducheck study: several betas in one run
+    estimators: Optional[List[str]] = None   # the study's estimators (null: gdu_study.ESTIMATORS)
 
 
 @dataclass
@@ -366,3 +367,9 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         _expect(isinstance(b, list) and len(b) >= 1
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in b),
                 f"gdu.betas={b!r} must list betas > 0 for the GDU study (e.g. [0.4,0.2,0.1,0.05]), or be null")
+    for name in cfg.gdu.estimators or []:
+        _expect(name in EP_ESTIMATORS, f"gdu.estimators has {name!r}; the GDU study compares the EP estimators "
+                f"{list(EP_ESTIMATORS)} (against BPTT, its reference)")
+        if name in WITH_POINTS:
+            problem = ESTIMATORS[name].config_problem(cfg)
+            _expect(problem is None, f"gdu.estimators has {name}: {problem}")

@@ -84,3 +84,24 @@ def test_holomorphic_converges_geometrically_at_finite_beta():
     assert all(s > 3 * h for s, h in zip(stencils, holo[1:])), (stencils, holo)
     assert stencils[-1] > 100 * holo[-1], (stencils, holo)
     assert error(Symmetric(0.5), setup) > 1e3 * holo[-1]
+
+
+def test_gdu_study_rows_for_the_new_estimators():
+    """The study's rows carry points and rel_error (the total update against BPTT); the stencils'
+    fitted orders come out as their points."""
+    from eqprop.gdu_study import gdu_study
+
+    model = small_net(**NETS["mlp"])
+    x, y = random_batch(model, n=6)
+    study = gdu_study(model, x, y, T1=200, T2=40, betas=[0.2, 0.1, 0.05],
+                      estimators=("symmetric", "n_point", "holomorphic"), generator=torch.Generator().manual_seed(0))
+    rows = {(r["estimator"], r["beta"]): r for r in study["rows"]}
+    assert {r["points"] for r in study["rows"]} == {None, 4}
+    assert rows[("n_point", 0.1)]["points"] == 4 and rows[("symmetric", 0.1)]["points"] is None
+    # rel_error is the training update's distance from BPTT's gradient
+    bptt = flat(model, BPTT()(model, x, y, Dynamics(200, 40), torch.Generator().manual_seed(0)).grads)
+    ep = flat(model, NPoint(0.1, 4)(model, x, y, Dynamics(200, 40), torch.Generator().manual_seed(0)).grads)
+    assert abs(rows[("n_point", 0.1)]["rel_error"] / rel_err(ep, bptt) - 1) < 1e-6
+    orders = study["fitted_order_rel_error"]
+    assert 1.8 < orders["symmetric"] < 2.3 and 3.5 < orders["n_point"] < 4.5 and orders["holomorphic"] > 3.5, orders
+    assert study["expected_order"] == {"symmetric": 2, "n_point": 4, "holomorphic": 4}
