@@ -141,14 +141,14 @@ def to_markdown(study: dict, title: str = "GDU study") -> str:
            "averages." if s["readout_keys"] else ""), "",
         "rel_error: ||total EP update - BPTT gradient|| / ||BPTT gradient|| over all parameters (the "
         "traces summed over the T2 steps).", "",
-        "| estimate | beta | rel_error | RMSE params | sign error params | RMSE neurons | sign error neurons | order |",
+        "| estimate | beta | RMSE params | sign error params | RMSE neurons | sign error neurons | order | rel_error |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
         name = label(r["estimator"], r.get("points")) + (
             f" ({'+' if r['sign'] > 0 else '-'})" if r["estimator"] == "random_sign" else "")
-        lines.append(f"| {name} | {r['beta']:g} | {_fmt(r['rel_error'])} | {_fmt(r['rmse_params'])} | {_fmt(r['sign_error_params'])} | "
-                     f"{_fmt(r['rmse_neurons'])} | {_fmt(r['sign_error_neurons'])} | {_fmt(r['order'], 2)} |")
+        lines.append(f"| {name} | {r['beta']:g} | {_fmt(r['rmse_params'])} | {_fmt(r['sign_error_params'])} | "
+                     f"{_fmt(r['rmse_neurons'])} | {_fmt(r['sign_error_neurons'])} | {_fmt(r['order'], 2)} | {_fmt(r['rel_error'])} |")
     lines += ["", "Fitted order over all betas (parameters): "
               + ", ".join(f"{e} {_fmt(o, 2)} (expected {s['expected_order'].get(e, '?')})"
                           for e, o in s["fitted_order"].items()) + ".", "",
