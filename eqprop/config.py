@@ -56,6 +56,8 @@ class EstimatorConfig:
     name: str = "symmetric"
     beta: float = 0.5
     points: Optional[int] = None             # n_point / holomorphic: nudged phases (null: 4); others ignore it
+    third_phase: bool = False                # cep: then T2 steps back at beta 0 and T2 updating steps at -beta
+    random_sign: bool = False                # cep: the sign of beta drawn per batch
 
 
 @dataclass
@@ -270,7 +272,10 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         _expect(_positive(e.beta),
                 f"estimator.beta={e.beta!r} must be > 0 for estimator={e.name} (the nudging strength; "
                 "the sign is set by the estimator)")
-    if e.name in WITH_POINTS:  # the estimator's own rules (points, and what it can run)
+    _expect(e.name == "cep" or not (e.third_phase or e.random_sign),
+            f"estimator.third_phase / estimator.random_sign are options of estimator=cep, not of "
+            f"estimator={e.name} (use estimator=symmetric or estimator=random_sign for those)")
+    if e.name in WITH_POINTS or e.name == "cep":  # the estimator's own rules (points, and what it can run)
         problem = ESTIMATORS[e.name].config_problem(cfg)
         _expect(problem is None, problem)
     if e.name == "bptt":

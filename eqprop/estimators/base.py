@@ -13,6 +13,7 @@ class Estimate:
     grads: dict                  # parameter -> gradient estimate of the batch-mean loss
     free: list                   # the free (beta = 0) state, used for predictions and activity plots
     steps: dict = field(default_factory=dict)  # steps actually used per phase
+    applied: bool = False        # the estimator already moved the weights (CEP); grads is its summed update
 
 
 @dataclass
