@@ -28,7 +28,7 @@ from eqprop.gdu import bptt_traces, compare
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("one_sided", "random_sign", "symmetric")
-EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2}
+EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2, "cep": 1}  # cep: its traces are one-sided EP's
 
 
 def expected_order(est: str, points) -> object:
