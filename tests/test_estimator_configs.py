@@ -55,3 +55,21 @@ def test_trains(tmp_path, est):
     metrics = read_metrics(tmp_path)
     assert metrics, p.stdout[-2000:]
     assert all(v == v for m in metrics for v in m.values() if isinstance(v, float)), metrics  # no NaN
+
+
+@pytest.mark.parametrize("est", ["n_point", "holomorphic"])
+def test_gducheck_of_a_run_of_each(tmp_path, est):
+    """mode=gducheck checks the estimator's own traces beside one-sided EP at +-beta (not at n_point's
+    +-2 beta, nor at holomorphic EP's complex betas, which gdu.json writes as re/im)."""
+    import json
+
+    launch_cli(["mode=gducheck", f"estimator={est}", "task=digits", "model=cnn", "model.pools=aa",
+                "model.channels=[4,8]", "dtype=float64", "dynamics.T1=60", "dynamics.T2=10", "logger=none",
+                "device=cpu"] + ANALYTIC, run_dir=tmp_path, timeout=300, env=ONE_THREAD, check=True)
+    d = json.loads((tmp_path / "gdu.json").read_text())
+    assert d["checked"] == est and sorted(d["metrics"]) == sorted([est, "one_sided(+beta)", "one_sided(-beta)"])
+    if est == "holomorphic":
+        assert d["betas"] == [0.5, {"re": 0.0, "im": 0.5}, -0.5, {"re": 0.0, "im": -0.5}]
+    else:
+        assert d["betas"] == [0.5, -0.5, 1.0, -1.0]
+    assert (tmp_path / "gdu.png").exists()
