@@ -17,6 +17,10 @@ BAD = {
                                  ["model.activation=my_hard_sig (not analytic", "tanh, sigmoid, my_sigmoid"]),
     "holomorphic max pooling": (["estimator=holomorphic", "model=cnn", "task=digits", "model.pools=mm"] + ANALYTIC,
                                 ["model.pools=mm (max pooling is not analytic)", "average pooling"]),
+    "study: bptt is the reference": (["+experiment=gdu_study", "gdu.estimators=[symmetric,bptt]"],
+                                     ["gdu.estimators has 'bptt'", "against BPTT, its reference"]),
+    "study: holomorphic on max pooling": (["+experiment=gdu_study", "gdu.estimators=[holomorphic]", "model.pools=ma"],
+                                          ["gdu.estimators has holomorphic", "max pooling is not analytic"]),
     "holomorphic vector field": (["estimator=holomorphic", "model=vf_mlp"] + ANALYTIC,
                                  ["cannot run model=vf_mlp", "model=mlp or model=cnn"]),
 }
