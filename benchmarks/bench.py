@@ -3,6 +3,7 @@
     python benchmarks/bench.py                  # all configurations, full T1/T2 (CNN: minutes)
     python benchmarks/bench.py --quick          # cut T1/T2 (printed), a smoke run
     python benchmarks/bench.py --configs mlp,mlp_bptt --threads 2 --out bench.json
+    python benchmarks/bench.py --configs '' --estimators n_point,holomorphic,cep   # s/step vs symmetric
 
 In one process, each configuration builds one network, one set of weights and one batch, and runs
 a training step (all phases and the parameter gradient; the optimiser's update is left out) two
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.measure import hardware, max_diff, native_status, peak_memory, sync, wait_quiet  # noqa: E402
 from benchmarks.reference import (BETA, Reference, build, eqprop_states, eqprop_step,  # noqa: E402
                                   reference_step, update_error64)
+from benchmarks.estimators import estimator_rows, estimator_table  # noqa: E402
 from eqprop.estimators import Dynamics  # noqa: E402
 
 TOL = 1e-4
@@ -148,6 +150,8 @@ def main(argv=None):
                     help="eqprop's conv states channels-last (faster on CPU; rounds differently, see README)")
     ap.add_argument("--native", default="on", choices=["on", "off"],
                     help="eqprop relaxes dense nets on CPU with its compiled kernel (default on; off: torch ops)")
+    ap.add_argument("--estimators", default="", help="comma-separated estimators to time per training step "
+                    "against symmetric EP (benchmarks/estimators.py), e.g. n_point,holomorphic,cep")
     ap.add_argument("--out", default="bench.json", help="JSON results file ('' to skip)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each timed pair, wait until no other process has been runnable for S seconds "
@@ -159,6 +163,11 @@ def main(argv=None):
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    from eqprop.estimators import ESTIMATORS
+
+    bad = [e for e in args.estimators.split(",") if e.strip() and e.strip() not in ESTIMATORS or e.strip() == "bptt"]
+    if bad:
+        ap.error(f"--estimators {bad}: choose EP estimators from {sorted(set(ESTIMATORS) - {'bptt'})}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
@@ -193,14 +202,22 @@ def main(argv=None):
         repeat = args.repeat or (2 if args.quick else 5 if cfg["model"] == "mlp" else 3)
         log(f"{name}: {cfg['model']} batch {cfg['batch']}, T1 {cfg['T1']}, T2 {cfg['T2']}, {cfg['est']}, {repeat} timed runs")
         rows.append(run_config(name, cfg, device, repeat, dyn_kw, log, (args.wait_quiet, args.max_wait)))
+    est_names = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    est_rows = []
+    if est_names:
+        repeat = args.repeat or (2 if args.quick else 5)
+        est_rows = estimator_rows(est_names, device, repeat, dyn_kw, log, QUICK_T["mlp"] if args.quick else None)
     meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {meta['torch']} | {meta['device']}: {meta['hardware']} | {meta['threads']} threads | "
           f"{meta['date']}{' | QUICK (T1/T2 cut)' if args.quick else ''}"
           f"{f' | eqprop tol {args.tol} (phases stop early; reference runs all T)' if args.tol > 0 else ''}")
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    if est_rows:
+        print(estimator_table(est_rows))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump({"meta": meta, "results": rows, "estimators": est_rows}, f, indent=2)
         print(f"wrote {args.out}")
     return 0 if all(r["check_ok"] for r in rows) else 1
 

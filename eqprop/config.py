@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from eqprop.activations import ACTIVATIONS
 from eqprop.config_errors import explain
-from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS
+from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS, WITH_POINTS
 from eqprop.losses import LOSSES
 from eqprop.models import MODELS
 from eqprop.models.synapses import POOLS
@@ -66,8 +66,11 @@ class TaskConfig:
 
 @dataclass
 class EstimatorConfig:
-    name: str = "symmetric"                  # one_sided | random_sign | symmetric (EP) | bptt
+    name: str = "symmetric"                  # one_sided | random_sign | symmetric | n_point | holomorphic | cep | bptt
     beta: float = 0.5                        # nudging strength (the original --betas 0.0 <beta>); bptt: GDU check only
+    points: Optional[int] = None             # n_point / holomorphic: nudged phases (null: 4); others ignore it
+    third_phase: bool = False                # cep: then T2 steps back at beta 0 and T2 updating steps at -beta
+    random_sign: bool = False                # cep: the sign of beta drawn per batch
 
 
 @dataclass
@@ -108,6 +111,7 @@ class GduConfig:
     n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
     every: int = 0                           # > 0: GDU check every N training batches (the original --check-thm)
     betas: Optional[List[float]] = None      # mode=gducheck: the study over several betas in one run
+    estimators: Optional[List[str]] = None   # the study's estimators (null: gdu_study.ESTIMATORS)
 
 
 @dataclass
@@ -235,6 +239,12 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
         _expect(_positive(e.beta),
                 f"estimator.beta={e.beta!r} must be > 0 for estimator={e.name} (the nudging strength; "
                 "the sign is set by the estimator)")
+    _expect(e.name == "cep" or not (e.third_phase or e.random_sign),
+            f"estimator.third_phase / estimator.random_sign are options of estimator=cep, not of "
+            f"estimator={e.name} (use estimator=symmetric or estimator=random_sign for those)")
+    if e.name in WITH_POINTS or e.name == "cep":  # the estimator's own rules (points, and what it can run)
+        problem = ESTIMATORS[e.name].config_problem(cfg)
+        _expect(problem is None, problem)
     if e.name == "bptt":
         _expect(dy.T2 <= dy.T1, f"dynamics.T2={dy.T2} must be <= dynamics.T1={dy.T1} for bptt "
                 "(BPTT back-propagates through the last T2 of the T1 free steps)")
@@ -327,3 +337,9 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
     if b is not None:
         _expect(len(b) >= 1 and all(v > 0 for v in b),
                 f"gdu.betas={b!r} must list betas > 0 for the GDU study (e.g. [0.4,0.2,0.1,0.05]), or be null")
+    for name in cfg.gdu.estimators or []:
+        _expect(name in EP_ESTIMATORS, f"gdu.estimators has {name!r}; the GDU study compares the EP estimators "
+                f"{list(EP_ESTIMATORS)} (against BPTT, its reference)")
+        if name in WITH_POINTS:
+            problem = ESTIMATORS[name].config_problem(cfg)
+            _expect(problem is None, f"gdu.estimators has {name}: {problem}")

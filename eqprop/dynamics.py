@@ -76,7 +76,8 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
     update='async': even layers first, then odd layers from the freshest neighbours.
     tol > 0: stop once the largest state change of a step falls below tol (checked every
     `check_every` steps; T stays the cap).
-    beta may be a tensor with one value per example (fast path only), e.g. +beta and -beta halves.
+    beta may be a tensor with one value per example, e.g. +beta and -beta halves.
+    Complex states (holomorphic EP) run `relax_stepwise`: the fast paths are real-only.
     fast=False forces the step-by-step reference path; graph=True uses CUDA graphs on CUDA tensors;
     native=True runs dense nets on CPU through the compiled kernel (eqprop/kernels) when it applies.
     `state` is never modified.
@@ -86,9 +87,8 @@ def relax(model, x, state, T: int, beta=0.0, y=None, *, drive0=None, update: str
         drive0 = model.input_drive(x)
     if check_every is None:
         check_every = default_check_every(drive0.device, model)
-    if not fast or needs_graph(model, state) or has_masks(model):  # dropout: the definitional path
-        if torch.is_tensor(beta):
-            raise ValueError("a per-example beta needs the fast path (no autograd graph)")
+    # dropout, and complex states (holomorphic EP), take the definitional path
+    if not fast or needs_graph(model, state) or has_masks(model) or drive0.is_complex():
         return relax_stepwise(model, x, state, T, beta, y, drive0=drive0, update=update, tol=tol,
                               check_every=check_every)
     if graph and drive0.is_cuda:

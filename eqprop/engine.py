@@ -101,7 +101,8 @@ class Run:
         self.loss = build_loss(cfg.loss.name, cfg.loss.softmax_readout)
         self.model = build_model(cfg.model, self.loss, cfg.task.in_channels, cfg.task.in_size)
         self.model.to(device=device, dtype=self.dtype)
-        self.estimator = build_estimator(cfg.estimator.name, cfg.estimator.beta)
+        e = cfg.estimator
+        self.estimator = build_estimator(e.name, e.beta, e.points, e.third_phase, e.random_sign)
         d = cfg.dynamics
         # graph is ignored off CUDA by relax itself
         self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last,
@@ -109,6 +110,8 @@ class Run:
         if device.type == "cuda":
             set_tf32(d.tf32)  # explicit either way: this torch's cuDNN default is TF32 on
         self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)
+        if hasattr(self.estimator, "bind_optimizer"):  # an estimator that moves the weights itself (cep)
+            self.estimator.bind_optimizer(self.optimizer)
         if data:
             train, test = build_task(cfg.task)
             self.train = Batches(train, cfg.task.batch_size, cfg.task.num_workers, device, self.dtype)
@@ -285,9 +288,10 @@ def train(run: Run, logger) -> dict:
             for b, x, y in bar:
                 with dropout_masks(model, cfg.model.dropouts or [], x.shape[0]):
                     est = run.estimator(model, x, y, run.dyn, gen)
-                for p in model.parameters():
-                    p.grad = est.grads[p]
-                run.optimizer.step()
+                if not est.applied:
+                    for p in model.parameters():
+                        p.grad = est.grads[p]
+                    run.optimizer.step()
                 with torch.no_grad():
                     out = model.output(est.free)
                     loss = model.loss.cost(out, y).sum()

@@ -113,11 +113,15 @@ def full_check(model, x, y, T1: int, T2: int, estimate, generator=None) -> dict:
     own, betas = estimate.traces(model, x, y, free, T2, generator)
     beta = abs(betas[0])
     ep = {}
-    for b in sorted({beta, *betas}, reverse=True):
+    # one-sided EP at +-beta where the phases have them (not at n_point's +-2 beta, ..., nor holomorphic's complex betas)
+    at_beta = [b for b in betas if not isinstance(b, complex) and abs(b) == beta]
+    for b in sorted({beta, *at_beta}, reverse=True):
         ep[one_sided_name(b)] = own if tuple(betas) == (b,) else OneSided(b).traces(model, x, y, free, T2)[0]
     checked = one_sided_name(betas[0]) if len(betas) == 1 else estimate.name
     ep[checked] = own
-    out = {"bptt": bptt, "ep": ep, "checked": checked, "betas": list(betas),
+    # holomorphic EP's complex betas as {"re", "im"}: gdu.json is JSON
+    plain = [{"re": b.real, "im": b.imag} if isinstance(b, complex) else b for b in betas]
+    out = {"bptt": bptt, "ep": ep, "checked": checked, "betas": plain,
            "metrics": {name: compare(bptt, traces) for name, traces in ep.items()}}
     if len(betas) == 2:
         out["bars"] = bars(bptt, ep[one_sided_name(beta)], ep[one_sided_name(-beta)], own)

@@ -1,11 +1,14 @@
 """The GDU study: how far EP's step-by-step updates sit from BPTT's gradients as beta shrinks,
 for the one-sided, random-sign and symmetric estimates, in one job.
 
-`mode=gducheck gdu.betas=[...]` runs it in place of the single check (no gdu.json / gdu.png) and writes:
-  gdu_study.json   every (estimator, beta): errors averaged over parameters and neuron layers,
-                   the error of each parameter tensor / neuron layer, and the local order
+`mode=gducheck gdu.betas=[...]` runs it in place of the single check (no gdu.json / gdu.png), for the
+estimators in gdu.estimators (null: ESTIMATORS; n_point and holomorphic with estimator.points), and writes:
+  gdu_study.json   every (estimator, points, beta): rel_error, the relative distance of the total
+                   update (the traces summed over time) from the BPTT gradient over all parameters;
+                   errors averaged over parameters and neuron layers, the error of each parameter
+                   tensor / neuron layer, and the local order
   gdu_study.md     the same as tables, with the fitted order of each estimate
-  gdu_study.png    error and sign error against beta (log-log), with slope-1 and slope-2 guides
+  gdu_study.png    rel_error, error and sign error against beta (log-log), fitted orders in the legend
 
 The paper's finding should read off at a glance: the one-sided bias is O(beta) (order 1), the
 symmetric one O(beta^2) (order 2). A random sign draws the sign of beta once per estimate, so a
@@ -17,13 +20,28 @@ import math
 from pathlib import Path
 
 from eqprop import checkpoint as ckpt
-from eqprop.estimators import build_estimator
+import torch
+
+from eqprop.estimators import WITH_POINTS, build_estimator
 from eqprop.gdu import bptt_traces, compare
 
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("one_sided", "random_sign", "symmetric")
-EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2}
+EXPECTED_ORDER = {"one_sided": 1, "random_sign": 1, "symmetric": 2, "cep": 1}  # cep: its traces are one-sided EP's
+
+
+def expected_order(est: str, points) -> object:
+    """The bias order the theory gives: points for the stencils (holomorphic: N, in the limit), else the table."""
+    return points if est in WITH_POINTS else EXPECTED_ORDER.get(est)
+
+
+def rel_error(bptt: dict, ep: dict, keys) -> float:
+    """||total EP update - BPTT gradient|| / ||BPTT gradient|| over the parameters `keys`, the totals
+    being the traces summed over the T2 steps."""
+    b = torch.cat([bptt[k].double().sum(0).flatten() for k in keys])
+    e = torch.cat([ep[k].double().sum(0).flatten() for k in keys])
+    return ((e - b).norm() / b.norm()).item()
 
 
 def _mean(values):
@@ -49,7 +67,8 @@ def _fit_order(betas, errors):
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
 
 
-def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, generator=None) -> dict:
+def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, generator=None,
+              points=None) -> dict:
     """The GDU check over `betas` for each estimator. BPTT's traces do not depend on beta, so they
     are computed once and every EP estimate is compared with the same ground truth."""
     betas = sorted(float(b) for b in betas)
@@ -66,11 +85,13 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
     for est in estimators:
         prev = None
         for beta in betas:
-            ep, drawn = build_estimator(est, beta).traces(model, x, y, free, T2, generator)
-            sign = 1.0 if drawn[0] > 0 else -1.0  # the sign of the (first) phase's beta: random_sign's draw
+            estimate = build_estimator(est, beta, points)
+            ep, drawn = estimate.traces(model, x, y, free, T2, generator)
+            sign = 1.0 if drawn[0].real > 0 else -1.0  # the sign of the (first) phase's beta: random_sign's draw
             per_key = compare(bptt, ep)
             row = {
-                "estimator": est, "beta": beta, "sign": sign,
+                "estimator": est, "points": getattr(estimate, "points", None), "beta": beta, "sign": sign,
+                "rel_error": rel_error(bptt, ep, names),
                 "rmse_params": _mean(per_key[k]["rmse"] for k in param_keys),
                 "sign_error_params": _mean(per_key[k]["sign_error"] for k in param_keys),
                 "rmse_neurons": _mean(per_key[k]["rmse"] for k in neuron_keys),
@@ -83,10 +104,18 @@ def gdu_study(model, x, y, T1: int, T2: int, betas, estimators=ESTIMATORS, gener
             prev = row
     fitted = {est: _fit_order(betas, [r["rmse_params"] for r in rows if r["estimator"] == est])
               for est in estimators}
+    fitted_rel = {est: _fit_order(betas, [r["rel_error"] for r in rows if r["estimator"] == est])
+                  for est in estimators}
+    points_of = {r["estimator"]: r["points"] for r in rows}
     return {"T1": T1, "T2": T2, "n_examples": int(x.shape[0]), "dtype": str(x.dtype).replace("torch.", ""),
             "betas": betas, "estimators": list(estimators), "param_keys": param_keys,
             "neuron_keys": neuron_keys, "readout_keys": readout_keys, "fitted_order": fitted,
-            "expected_order": EXPECTED_ORDER, "rows": rows}
+            "fitted_order_rel_error": fitted_rel,
+            "expected_order": {est: expected_order(est, points_of[est]) for est in estimators}, "rows": rows}
+
+
+def label(est: str, points) -> str:
+    return f"{est}({points})" if points is not None else est
 
 
 def _fmt(v, digits=4):
@@ -110,16 +139,21 @@ def to_markdown(study: dict, title: str = "GDU study") -> str:
         "updates are what the theorem and training use."
         + (f" The softmax read-out ({', '.join(s['readout_keys'])}) is outside the energy and out of the "
            "averages." if s["readout_keys"] else ""), "",
-        "| estimate | beta | RMSE params | sign error params | RMSE neurons | sign error neurons | order |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "rel_error: ||total EP update - BPTT gradient|| / ||BPTT gradient|| over all parameters (the "
+        "traces summed over the T2 steps).", "",
+        "| estimate | beta | RMSE params | sign error params | RMSE neurons | sign error neurons | order | rel_error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
-        name = r["estimator"] + (f" ({'+' if r['sign'] > 0 else '-'})" if r["estimator"] == "random_sign" else "")
+        name = label(r["estimator"], r.get("points")) + (
+            f" ({'+' if r['sign'] > 0 else '-'})" if r["estimator"] == "random_sign" else "")
         lines.append(f"| {name} | {r['beta']:g} | {_fmt(r['rmse_params'])} | {_fmt(r['sign_error_params'])} | "
-                     f"{_fmt(r['rmse_neurons'])} | {_fmt(r['sign_error_neurons'])} | {_fmt(r['order'], 2)} |")
+                     f"{_fmt(r['rmse_neurons'])} | {_fmt(r['sign_error_neurons'])} | {_fmt(r['order'], 2)} | {_fmt(r['rel_error'])} |")
     lines += ["", "Fitted order over all betas (parameters): "
               + ", ".join(f"{e} {_fmt(o, 2)} (expected {s['expected_order'].get(e, '?')})"
-                          for e, o in s["fitted_order"].items()) + ".", ""]
+                          for e, o in s["fitted_order"].items()) + ".", "",
+              "Fitted order of rel_error: " + ", ".join(f"{e} {_fmt(o, 2)}" for e, o in
+                                                        s["fitted_order_rel_error"].items()) + ".", ""]
     keys = s["param_keys"] + s["readout_keys"] + s["neuron_keys"]
     lines += ["## RMSE per parameter tensor and neuron layer", "",
               "| estimate | beta | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
@@ -135,15 +169,19 @@ def plot_study(study: dict, path, title: str = "GDU study"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_e, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_r, ax_e, ax_s) = plt.subplots(1, 3, figsize=(16, 4.2))
     betas = study["betas"]
     for i, est in enumerate(study["estimators"]):
         rows = [r for r in study["rows"] if r["estimator"] == est]
         b = [r["beta"] for r in rows]
+        name = label(est, rows[0].get("points"))
         order = study["fitted_order"].get(est)
-        label = f"{est} (order {order:.2f})" if order is not None else est
         style = "s--" if est == "random_sign" else "o-"  # it lies on one_sided's line where the sign is +
-        ax_e.loglog(b, [r["rmse_params"] for r in rows], style, color=f"C{i}", label=label)
+        ax_e.loglog(b, [r["rmse_params"] for r in rows], style, color=f"C{i}",
+                    label=f"{name} (order {order:.2f})" if order is not None else name)
+        rel_order = study["fitted_order_rel_error"].get(est)
+        ax_r.loglog(b, [r["rel_error"] for r in rows], style, color=f"C{i}",
+                    label=f"{name} (order {rel_order:.2f})" if rel_order is not None else name)
         for k in study["param_keys"]:  # one thin line per parameter tensor
             if k.endswith("weight"):
                 ax_e.loglog(b, [r["per_key"][k]["rmse"] for r in rows], "-", color=f"C{i}", alpha=0.25, lw=0.8)
@@ -158,10 +196,15 @@ def plot_study(study: dict, path, title: str = "GDU study"):
                         label=f"slope {p}")
     from matplotlib.ticker import NullFormatter
 
-    for ax in (ax_e, ax_s):
+    for ax in (ax_r, ax_e, ax_s):
         ax.set_xticks(betas)
         ax.set_xticklabels([f"{b:g}" for b in betas])
         ax.xaxis.set_minor_formatter(NullFormatter())
+    ax_r.set_xlabel("beta")
+    ax_r.set_ylabel("rel_error: |total update - BPTT| / |BPTT|")
+    ax_r.set_title("the training update, all parameters", fontsize=9)
+    ax_r.grid(alpha=0.3, which="both")
+    ax_r.legend(fontsize=7)
     ax_e.set_xlabel("beta")
     ax_e.set_ylabel("relative RMSE, EP vs BPTT (parameters)")
     ax_e.set_title("mean over parameter tensors; thin: each weight", fontsize=9)
@@ -186,13 +229,18 @@ def write_study(study: dict, out_dir, title: str = "GDU study") -> None:
 
 def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     """mode=gducheck with gdu.betas: the study on the examples the single check would use."""
-    study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, generator=generator)
+    estimators = tuple(cfg.gdu.estimators) if cfg.gdu.estimators else ESTIMATORS
+    study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, estimators, generator,
+                      points=cfg.estimator.points)
     m = cfg.model
     shape = m.archi if m.name in ("mlp", "vf_mlp") else f"channels {m.channels}, fc {m.fc}"
     title = f"GDU study ({m.name} {shape}, {cfg.loss.name}, task {cfg.task.name})"
     write_study(study, out_dir, title)
     if logger is not None:
-        logger.log_summary({f"gdu_study/{r['estimator']}/beta={r['beta']:g}/rmse_params": r["rmse_params"]
-                            for r in study["rows"]})
+        summary = {}
+        for r in study["rows"]:
+            where = f"gdu_study/{r['estimator']}/beta={r['beta']:g}"
+            summary.update({f"{where}/rmse_params": r["rmse_params"], f"{where}/rel_error": r["rel_error"]})
+        logger.log_summary(summary)
     log.info("%s", to_markdown(study, title).split("\n## ")[0])
     return study

@@ -72,6 +72,9 @@ class CrossEntropy(Loss):
         return F.cross_entropy(output, y, reduction="none")
 
     def grad_at(self, z, target):
+        if z.is_complex():  # holomorphic EP: exp / sum exp is analytic; shifted by the real max for range
+            e = torch.exp(z - z.real.amax(dim=1, keepdim=True))
+            return (e / e.sum(dim=1, keepdim=True)).sub_(target)
         return torch.softmax(z, dim=1).sub_(target)
 
     @property

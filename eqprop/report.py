@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 from eqprop.report_runs import RunRecord, collect
 
 # BPTT first: the baseline the EP estimates are read against
-ESTIMATOR_ORDER = ["bptt", "one_sided", "random_sign", "symmetric"]
+ESTIMATOR_ORDER = ["bptt", "one_sided", "random_sign", "symmetric", "n_point", "holomorphic", "cep"]
 # settings that do not change what a run computes, or that are averaged over (seed)
 NOT_A_SETTING = ("seed", "logger", "device", "resume", "load_path", "sweep", "experiment", "mode",
                  "task.data_dir", "task.download", "task.num_workers")

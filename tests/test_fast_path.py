@@ -217,8 +217,21 @@ def test_bad_options_are_refused_clearly():
         relax(model, x, state, 3, tol=-1.0)
     with pytest.raises(ValueError, match="check_every"):
         relax(model, x, state, 3, tol=1e-3, check_every=0)
-    with pytest.raises(ValueError, match="per-example beta"):
-        relax(model, x, state, 3, torch.ones(x.shape[0]), y, fast=False)
+
+
+
+def test_stepwise_takes_a_per_example_beta_as_the_fast_path():
+    """Issue 15: the stepwise path (complex states of holomorphic EP) runs a per-example beta too, and
+    computes what the fast path computes with it."""
+    model, x, y, state = setup(CASES[0])
+    beta = torch.linspace(-0.5, 0.5, x.shape[0], dtype=x.dtype)
+    slow = relax(model, x, state, 5, beta, y, fast=False).state
+    fast = relax(model, x, state, 5, beta, y).state
+    for a, b in zip(slow, fast):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    one = relax(model, x[:1], [s[:1] for s in state], 5, beta[0].item(), y[:1], fast=False).state
+    for a, b in zip(one, slow):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-14)
 
 
 class EmulatedGraph(GraphedRelax):

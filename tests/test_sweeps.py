@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from eqprop.config import from_dict
 from tests.launch_utils import ROOT, TINY, read_metrics
 
-SWEEPS = {"betas": 12, "t1_t2": 9, "layer_lrs": 5, "ep_vs_bptt": 24, "paper": 33}
+SWEEPS = {"betas": 12, "t1_t2": 9, "layer_lrs": 5, "ep_vs_bptt": 24, "paper": 33, "estimators": 21}
 PAPER = ["cnn_mse_one_sided", "cnn_mse_random_sign", "cnn_mse_symmetric", "cnn_mse_bptt", "cnn_cel_symmetric",
          "cnn_cel_bptt", "cnn_cel_dropout_symmetric", "cnn_cel_dropout_bptt", "vfcnn_cel_symmetric",
          "vfcnn_cel_symmetric_same_update", "vfcnn_cel_bptt"]
@@ -58,6 +58,11 @@ def test_sweep_dimensions():
     jobs, cfgs = _jobs("ep_vs_bptt")
     assert {(c["estimator"]["name"], c["loss"]["name"], c["seed"]) for c in cfgs} == {
         (e, lo, s) for e in ("one_sided", "random_sign", "symmetric", "bptt") for lo in ("mse", "cel") for s in (0, 1, 2)}
+    _, cfgs = _jobs("estimators")  # every estimator on one task, model and dynamics
+    assert {(c["estimator"]["name"], c["seed"]) for c in cfgs} == {
+        (e, s) for e in ("one_sided", "random_sign", "symmetric", "n_point", "holomorphic", "cep", "bptt")
+        for s in (0, 1, 2)}
+    assert len({(c["task"]["name"], str(c["model"]), str(c["dynamics"])) for c in cfgs}) == 1
     _, cfgs = _jobs("layer_lrs")
     assert all(len(c["optimizer"]["lrs"]) == len(c["model"]["archi"]) - 1 == 3 for c in cfgs)
     _, cfgs = _jobs("t1_t2")

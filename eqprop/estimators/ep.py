@@ -28,6 +28,10 @@ class EPEstimator:
         starts from `free` at beta 0, the training update); `send` is model.sending_state(...)."""
         raise NotImplementedError
 
+    def neuron_trace(self, deltas: Sequence, betas: Sequence):
+        """One step's neuron update from each phase's state change: the mean of (s_{t+1} - s_t) / beta."""
+        return sum(d / b for d, b in zip(deltas, betas)) / len(betas)
+
     def checked_estimate(self) -> "EPEstimator":
         """The EP estimate the GDU check measures for a run of this estimator: itself."""
         return self
@@ -55,7 +59,7 @@ class EPEstimator:
             starts = [(path[t], b if t else 0.0) for path, b in zip(paths, betas)]
             grads = self.update(model, x, y, free, ends, send, starts)
             p_steps.append([grads[p].detach() for p in params])
-            n_steps.append([sum((path[t + 1][k] - path[t][k]) / b for path, b in zip(paths, betas)) / len(betas)
+            n_steps.append([self.neuron_trace([path[t + 1][k] - path[t][k] for path in paths], betas)
                             for k in range(model.n_layers)])
         out = {name: torch.stack([s[i] for s in p_steps]) for i, name in enumerate(names)}
         for k in range(model.n_layers):

@@ -91,27 +91,29 @@ class EnergyNet(nn.Module):
         layers not updated are passed through."""
         n = self.n_layers
         todo = range(n) if layers is None else layers
+        nudged = torch.is_tensor(beta) or beta != 0.0  # a tensor: one beta per example (batched phases)
         need_drive = set()
         need_ctx = set()
         for k in todo:
             if k > 0:
                 need_drive.add(k)
-            if k + 1 < n or (k == n - 1 and self.loss.softmax_readout and beta != 0.0):
+            if k + 1 < n or (k == n - 1 and self.loss.softmax_readout and nudged):
                 need_ctx.add(k)
         drives, ctxs = {0: drive0}, {}
         for k in sorted(need_drive | {j + 1 for j in need_ctx if j + 1 < n}):
             out, ctx = self.synapses[k].drive(state[k - 1], ctx_only=k not in need_drive)
             drives[k] = out
             ctxs[k - 1] = ctx
-        if beta != 0.0 and self.loss.softmax_readout and (n - 1) in todo:
+        if nudged and self.loss.softmax_readout and (n - 1) in todo:
             ctxs[n - 1] = self.synapses[n].drive(state[n - 1], ctx_only=True)[1]
         new = list(state)
         for k in todo:
             g = drives[k]
             if k + 1 < n:
                 g = g + self._feedback(k, state, ctxs[k])
-            if k == n - 1 and beta != 0.0:
-                g = g - beta * self._nudge(state, y, ctxs.get(n - 1))
+            if k == n - 1 and nudged:
+                b = beta.view((-1,) + (1,) * (g.dim() - 1)) if torch.is_tensor(beta) else beta
+                g = g - b * self._nudge(state, y, ctxs.get(n - 1))
             new[k] = g if (k == n - 1 and self.loss.linear_output) else self.activation(g)
         return new
 

@@ -94,6 +94,13 @@ class Dense(MaskedInput, nn.Linear):
         return (dw,) if self.bias is None else (dw, g.sum(0))
 
 
+def _avg_pool(h):
+    """2x2 average pooling; of complex h (holomorphic EP), of its real and imaginary parts (it is linear)."""
+    if h.is_complex():
+        return torch.complex(F.avg_pool2d(h.real, 2, 2), F.avg_pool2d(h.imag, 2, 2))
+    return F.avg_pool2d(h, 2, 2)
+
+
 class ConvPool(MaskedInput, nn.Conv2d):
     """Conv2d followed by a 2x2/stride-2 pool: 'm' max, 'a' average, 'i' none."""
 
@@ -115,7 +122,7 @@ class ConvPool(MaskedInput, nn.Conv2d):
         if self.pool == "m":
             out, idx = F.max_pool2d(h, 2, 2, return_indices=True)
         elif self.pool == "a":
-            out, idx = F.avg_pool2d(h, 2, 2), None
+            out, idx = _avg_pool(h), None
         else:
             out, idx = h, None
         return out, (s.shape, idx, h.shape)
@@ -202,8 +209,12 @@ class ConvPool(MaskedInput, nn.Conv2d):
 
     def param_grads(self, s, g, ctx):
         gu = self._unpool(g, ctx)
+        if gu.is_complex():  # holomorphic EP: the real kernel on the parts of the complex bilinear form
+            real = [self.param_grads(a, b, ctx) for a, b in
+                    ((s.real, g.real), (s.imag, g.imag), (s.real, g.imag), (s.imag, g.real))]
+            return tuple(torch.complex(rr - ii, ri + ir) for rr, ii, ri, ir in zip(*real))
         mask = [False, True, self.bias is not None]
         _, dw, db = torch.ops.aten.convolution_backward(
-            gu, self.masked(s), self.weight, [self.out_channels] if self.bias is not None else None,
+            gu, self.masked(s), self.weight.real, [self.out_channels] if self.bias is not None else None,
             self.stride, self.padding, self.dilation, False, [0, 0], 1, mask)
         return (dw,) if self.bias is None else (dw, db)
