@@ -36,3 +36,12 @@ def random_batch(model, n=4, seed=1, classes=5):
 def random_state(model, n=4, seed=2):
     g = torch.Generator().manual_seed(seed)
     return [torch.rand((n,) + sh, generator=g, dtype=torch.float64) for sh in model.state_shapes]
+
+
+def flat(model, grads):
+    """A {param: grad} dict as one vector, in the model's parameter order."""
+    return torch.cat([grads[p].flatten() for p in model.parameters()])
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()

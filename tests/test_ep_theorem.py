@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eqprop.estimators import BPTT, Dynamics, OneSided, Symmetric
-from tests.helpers import random_batch, small_net
+from tests.helpers import flat, random_batch, rel_err, small_net
 
 NETS = {
     "mlp": dict(name="mlp", loss="mse", readout=False, activation="tanh"),
@@ -13,14 +13,6 @@ NETS = {
     "cnn_readout": dict(name="cnn", loss="cel", readout=True, pools="mm", fc=[6, 5], activation="my_sigmoid"),
 }
 DYN = Dynamics(T1=150, T2=100)
-
-
-def flat(model, grads):
-    return torch.cat([grads[p].flatten() for p in model.parameters()])
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module", params=sorted(NETS))

@@ -6,7 +6,7 @@ import torch
 
 from eqprop.estimators import BPTT, Dynamics, Holomorphic, NPoint, Symmetric
 from eqprop.gdu_study import _fit_order
-from tests.helpers import random_batch, small_net
+from tests.helpers import flat, random_batch, rel_err, small_net
 
 
 NETS = {
@@ -15,14 +15,6 @@ NETS = {
     "mlp_mse": dict(name="mlp", loss="mse", readout=False, activation="tanh", scale=0.5),
 }
 DYN = Dynamics(T1=200, T2=200)  # float64 and converged: the error left is the estimator's bias
-
-
-def flat(model, grads):
-    return torch.cat([grads[p].flatten() for p in model.parameters()])
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module", params=sorted(NETS))
