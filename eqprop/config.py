@@ -153,7 +153,7 @@ class RunConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     gdu: GduConfig = field(default_factory=GduConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    sweep: Optional[SweepConfig] = None      # set by +sweep=<name> (sweeps/sweep/*.yaml)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # set by +sweep=<name> (sweeps/sweep/*.yaml)
     experiment: Any = None                   # only a preset that lacks `# @package _global_` lands here (refused)
 
     @property

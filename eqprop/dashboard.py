@@ -14,11 +14,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from eqprop.report_plot import FAMILIES, family_colour
+
 log = logging.getLogger(__name__)
 
-# one colour per estimator (W&B job type): EP variants in matplotlib's first colours, BPTT black,
-# as in eqprop.report's report.png
-ESTIMATOR_COLOURS = {"symmetric": "#1f77b4", "one_sided": "#ff7f0e", "random_sign": "#2ca02c", "bptt": "#000000"}
+# one colour per estimator (W&B job type): the darkest of its colour family in report.png, BPTT black
+ESTIMATOR_COLOURS = {name: family_colour(name) for name in FAMILIES}
 RUN_GROUPING = ("Group", "JobType")  # W&B run attributes: logger.group, then logger.job_type
 SEED_AGGREGATE, SEED_SPREAD = "mean", "stddev"
 DEFAULT_NAME = "EP vs BPTT"

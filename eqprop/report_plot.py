@@ -10,10 +10,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-FAMILIES = {"bptt": "Greys", "one_sided": "Blues", "random_sign": "Greens", "symmetric": "Reds"}
-OTHER_FAMILIES = ("Purples", "Oranges", "copper")      # estimators added later
+# one colour family per estimator: report.png and the W&B dashboard (eqprop.dashboard) both use it
+FAMILIES = {"bptt": "Greys", "one_sided": "Blues", "random_sign": "Greens", "symmetric": "Reds",
+            "n_point": "Purples", "holomorphic": "Oranges", "cep": "YlOrBr"}
+OTHER_FAMILIES = ("copper", "pink", "bone")            # estimators without a family of their own
 LINE_STYLES = ("-", "--", "-.", ":")
-MARKERS = {"bptt": "s", "one_sided": "o", "random_sign": "^", "symmetric": "D"}
+MARKERS = {"bptt": "s", "one_sided": "o", "random_sign": "^", "symmetric": "D", "n_point": "P",
+           "holomorphic": "*", "cep": "X"}
+
+
+def family_colour(estimator: str) -> str:
+    """The estimator's colour where one suffices (the W&B dashboard): the darkest of its family, so BPTT,
+    the reference, is black."""
+    return matplotlib.colors.to_hex(plt.get_cmap(FAMILIES[estimator])(1.0))
 
 
 def curve_styles(rows) -> list:

@@ -140,7 +140,7 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
     # other, landed after epoch 2), so both land mid-run.
     args = ["task=digits", "task.limit_train=1024", "task.limit_test=100", "task.batch_size=32",
             "dynamics.T1=1500", "dynamics.T2=5", f"epochs={epochs}", "device=cpu",
-            "+sweep.copy=requeued,timed_out,reference", *SMALL_JOB, f"hydra.sweep.dir={sweep_dir}"]
+            "sweep.name=requeued,timed_out,reference", *SMALL_JOB, f"hydra.sweep.dir={sweep_dir}"]
     stop = {0: ["scontrol", "requeue"], 1: ["scancel", "--signal=USR2"]}
     log = open(tmp_path / "launcher.log", "w")
     launcher = subprocess.Popen(_cmd(args), cwd=ROOT, env=slurm, stdout=log, stderr=subprocess.STDOUT)
@@ -196,7 +196,9 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
 
 def test_a_cancelled_job_neither_stops_nor_hides_the_others(slurm, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    launcher = subprocess.Popen(_cmd([*TINY, "seed=0,1", *SMALL_JOB, f"hydra.sweep.dir={sweep_dir}"]), cwd=ROOT,
+    # slow epochs (T1 1500): the job must still be running when scancel reaches it
+    launcher = subprocess.Popen(_cmd([*TINY, "dynamics.T1=1500", "seed=0,1", *SMALL_JOB,
+                                      f"hydra.sweep.dir={sweep_dir}"]), cwd=ROOT,
                                 env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
