@@ -182,6 +182,8 @@ register_schemas()
 def from_dict(d) -> RunConfig:
     """The composed config (DictConfig, or the plain dict launch.py resolves it to) as a checked RunConfig.
     The merge onto the schema catches what composition lets through: keys added with `+`."""
+    if isinstance(d, dict) and "sweep" in d and d["sweep"] is None:
+        d = {k: v for k, v in d.items() if k != "sweep"}  # a run stored while `sweep` could be null
     try:
         typed = OmegaConf.merge(OmegaConf.structured(RunConfig), d)
     except OmegaConfBaseException as err:

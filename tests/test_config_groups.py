@@ -58,3 +58,14 @@ def test_every_combination_trains(tmp_path, model, estimator, loss, optimizer, t
     if learns:  # the test loss falls by 5 % or more, and accuracy is at least twice chance (10 classes)
         assert m[0]["test_loss"] < 0.95 * loss0, (loss0, m[0])
         assert m[0]["test_acc"] >= 0.2, (acc0, m[0])
+
+
+def test_the_sweep_label_is_settable_and_a_stored_null_sweep_still_loads():
+    from eqprop.config import ConfigError, from_dict
+
+    assert from_dict(compose_cfg(["sweep.name=reference"])).sweep.name == "reference"
+    stored = compose_cfg([])
+    stored["sweep"] = None  # how configs stored while `sweep` was optional say "no sweep"
+    assert from_dict(stored).sweep.name == ""
+    with pytest.raises(ConfigError, match="unknown config key sweep.copy"):
+        from_dict({**compose_cfg([]), "sweep": {"copy": "x"}})
