@@ -196,9 +196,10 @@ def test_requeued_and_timed_out_jobs_resume_and_end_like_an_uninterrupted_one(sl
 
 def test_a_cancelled_job_neither_stops_nor_hides_the_others(slurm, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    # a job of several seconds (1,024 examples at T1 1500, as above): still running when scancel reaches
-    # it, now that the job imports torch before Hydra writes .hydra/
-    launcher = subprocess.Popen(_cmd([*TINY, "task.limit_train=1024", "dynamics.T1=1500", "seed=0,1", *SMALL_JOB,
+    # jobs of well over SLURM's KillWait (5 s, scripts/slurm/cluster.sh): a SIGTERM that lands before the
+    # engine's handler is up is swallowed by submitit, and only the SIGKILL that follows ends the job
+    launcher = subprocess.Popen(_cmd([*TINY, "epochs=3", "task.limit_train=1024", "dynamics.T1=1500", "seed=0,1",
+                                      *SMALL_JOB,
                                       f"hydra.sweep.dir={sweep_dir}"]), cwd=ROOT,
                                 env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
