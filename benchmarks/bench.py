@@ -36,7 +36,7 @@ from benchmarks.measure import hardware, max_diff, native_status, peak_memory, s
 from benchmarks.reference import (BETA, Reference, build, eqprop_states, eqprop_step,  # noqa: E402
                                   reference_step, update_error64)
 from benchmarks.estimators import estimator_rows, estimator_table  # noqa: E402
-from eqprop.estimators import Dynamics  # noqa: E402
+from eqprop.dynamics import Dynamics  # noqa: E402
 
 TOL = 1e-4
 

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import torch
 
 from benchmarks.measure import sync
-from eqprop.estimators import Dynamics, build_estimator
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
 

@@ -30,8 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.measure import hardware, max_diff, peak_memory, sync  # noqa: E402
 from benchmarks.reference import (BETA, Reference, build, eqprop_states, eqprop_step,  # noqa: E402
                                   reference_step, update_error64)
-from eqprop.dynamics import set_tf32  # noqa: E402
-from eqprop.estimators import Dynamics  # noqa: E402
+from eqprop.dynamics import Dynamics, set_tf32  # noqa: E402
 
 STEPS_PER_EPOCH = 391  # ceil(50000 / 128)
 VARIANTS = {

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from eqprop.activations import ACTIVATIONS
 from eqprop.config_errors import explain
+from eqprop.dynamics import Dynamics
 from eqprop.estimators import EP_ESTIMATORS, ESTIMATORS, WITH_POINTS
 from eqprop.losses import LOSSES
 from eqprop.models import MODELS
@@ -93,20 +94,6 @@ class OptimizerConfig:
 
 
 @dataclass
-class DynamicsConfig:
-    T1: int = 30                             # free-phase steps
-    T2: int = 10                             # nudged-phase steps (BPTT: steps back-propagated through)
-    update: str = "sync"                     # sync (paper) | async (even layers, then odd layers)
-    tol: float = 0.0                         # > 0: stop a phase once the largest state change is below tol
-    check_every: Optional[int] = None        # steps between tol checks (null: CUDA 10, CPU 5 dense / 1 conv)
-    batch_nudged: bool = True                # +beta and -beta phases as one relaxation of twice the batch
-    graph: bool = False                      # CUDA: replay the relaxation steps from a CUDA graph (ignored on CPU)
-    channels_last: bool = False              # conv states channels-last: faster, rounds near-tie max-pools differently
-    tf32: bool = False                       # CUDA: TF32 tensor cores for float32 convs and matmuls (~10-bit products)
-    native: bool = True                      # CPU dense nets: the compiled C kernel (torch ops if no compiler)
-
-
-@dataclass
 class GduConfig:
     n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
     every: int = 0                           # > 0: GDU check every N training batches (the original --check-thm)
@@ -150,7 +137,7 @@ class RunConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    dynamics: Dynamics = field(default_factory=Dynamics)    # eqprop.dynamics
     gdu: GduConfig = field(default_factory=GduConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # set by +sweep=<name> (sweeps/sweep/*.yaml)
@@ -227,13 +214,8 @@ def validate(cfg: RunConfig) -> None:  # noqa: C901 - one flat list of checks re
             f"mode={cfg.mode!r} is not known; expected train, evaluate or gducheck")
     _expect(cfg.epochs >= 0, f"epochs={cfg.epochs!r} must be an integer >= 0")
     _expect(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r} must be float32 or float64")
-    _expect(dy.T1 > 0, f"dynamics.T1={dy.T1!r} must be a positive integer (steps of the free phase)")
-    _expect(dy.T2 > 0, f"dynamics.T2={dy.T2!r} must be a positive integer (steps of the nudged phase)")
-    _expect(dy.update in ("sync", "async"), f"dynamics.update={dy.update!r} must be sync or async")
-    _expect(dy.tol >= 0, f"dynamics.tol={dy.tol!r} must be >= 0 (0 disables the convergence stop)")
-    _expect(dy.check_every is None or dy.check_every >= 1,
-            f"dynamics.check_every={dy.check_every!r} must be null (auto) or an integer >= 1 "
-            "(steps between convergence checks)")
+    problem = dy.problem()
+    _expect(problem is None, problem)
     _expect(not dy.tf32 or cfg.dtype == "float32",
             f"dynamics.tf32=true needs dtype=float32 (TF32 rounds float32 products; dtype={cfg.dtype})")
     _expect(e.name in ESTIMATORS, f"estimator.name={e.name!r} is not known; expected one of {sorted(ESTIMATORS)}")

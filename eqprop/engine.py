@@ -22,8 +22,8 @@ from tqdm import tqdm
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, RunConfig
 from eqprop.data import Batches, epoch_seed
-from eqprop.dynamics import set_tf32
-from eqprop.estimators import Dynamics, build_estimator
+from eqprop.dynamics import Dynamics, set_tf32
+from eqprop.estimators import build_estimator
 from eqprop.losses import build_loss
 from eqprop.models import build_model
 from eqprop.models.dropout import dropout_masks
@@ -104,9 +104,7 @@ class Run:
         e = cfg.estimator
         self.estimator = build_estimator(e.name, e.beta, e.points, e.third_phase, e.random_sign)
         d = cfg.dynamics
-        # graph is ignored off CUDA by relax itself
-        self.dyn = Dynamics(d.T1, d.T2, d.update, d.tol, d.check_every, d.batch_nudged, d.graph, d.channels_last,
-                            d.native)
+        self.dyn = d  # graph is ignored off CUDA by relax itself
         if device.type == "cuda":
             set_tf32(d.tf32)  # explicit either way: this torch's cuDNN default is TF32 on
         self.optimizer, self.scheduler = build_optimizer(cfg.optimizer, self.model)

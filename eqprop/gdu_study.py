@@ -24,6 +24,7 @@ import torch
 
 from eqprop.estimators import WITH_POINTS, build_estimator
 from eqprop.gdu import bptt_traces, compare
+from eqprop.models import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, estimators, generator,
                       points=cfg.estimator.points)
     m = cfg.model
-    shape = m.archi if m.name in ("mlp", "vf_mlp") else f"channels {m.channels}, fc {m.fc}"
+    shape = m.archi if MODELS[m.name].dense else f"channels {m.channels}, fc {m.fc}"
     title = f"GDU study ({m.name} {shape}, {cfg.loss.name}, task {cfg.task.name})"
     write_study(study, out_dir, title)
     if logger is not None:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from eqprop.config import ConfigError, from_dict
-from eqprop.estimators import CEP, Dynamics, OneSided
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import CEP, OneSided
 from tests.fault_utils import ONE_THREAD
 from tests.helpers import random_batch, small_net
 from tests.launch_utils import TINY, compose_cfg, launch_cli, read_metrics

@@ -2,7 +2,8 @@
 net, BPTT through the same masked dynamics, and nothing at evaluation."""
 import torch
 
-from eqprop.estimators import BPTT, Dynamics, Symmetric
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import BPTT, Symmetric
 from eqprop.models.dropout import dropout_masks, has_masks
 from tests.helpers import random_batch, random_state, small_net
 from tests.launch_utils import TINY, read_metrics, run_inprocess

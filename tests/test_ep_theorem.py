@@ -3,7 +3,8 @@ one-sided with an O(beta) bias, symmetric with O(beta^2)."""
 import pytest
 import torch
 
-from eqprop.estimators import BPTT, Dynamics, OneSided, Symmetric
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import BPTT, OneSided, Symmetric
 from tests.helpers import flat, random_batch, rel_err, small_net
 
 NETS = {

@@ -4,7 +4,8 @@ symmetric EP at 2 points."""
 import pytest
 import torch
 
-from eqprop.estimators import BPTT, Dynamics, Holomorphic, NPoint, Symmetric
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import BPTT, Holomorphic, NPoint, Symmetric
 from eqprop.gdu_study import _fit_order
 from tests.helpers import flat, random_batch, rel_err, small_net
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from eqprop.activations import ACTIVATIONS
-from eqprop.dynamics import GraphedRelax, relax, relax_stepwise
-from eqprop.estimators import Dynamics, OneSided, Symmetric
+from eqprop.dynamics import Dynamics, GraphedRelax, relax, relax_stepwise
+from eqprop.estimators import OneSided, Symmetric
 from eqprop.models.fast import FastStepper, inplace_activation
 from tests.helpers import random_batch, random_state, small_net
 
@@ -60,8 +60,8 @@ def test_fast_relax_equals_stepwise(case, update, beta, native):
     model, x, y, state = setup(case)
     before = [s.clone() for s in state]
     with torch.no_grad():
-        fast = relax(model, x, state, 9, beta, y, update=update, native=native)
-        slow = relax_stepwise(model, x, state, 9, beta, y, update=update)
+        fast = relax(model, x, state, 9, beta, y, dyn=Dynamics(update=update, native=native))
+        slow = relax_stepwise(model, x, state, 9, beta, y, dyn=Dynamics(update=update))
     assert fast.steps == slow.steps == 9
     assert close(fast.state, slow.state), maxdiff(fast.state, slow.state)
     assert close(state, before, atol=0), "relax must not write into the state it was given"
@@ -77,9 +77,9 @@ def test_batched_plus_minus_beta_equals_separate(case, update, native):
         drive0 = model.input_drive(x)
         both = relax(model, None, [torch.cat([s, s]) for s in state], 8,
                      torch.cat([torch.full((m,), b, dtype=torch.float64), torch.full((m,), -b, dtype=torch.float64)]), torch.cat([y, y]),
-                     drive0=torch.cat([drive0, drive0]), update=update, native=native)
-        plus = relax_stepwise(model, x, state, 8, b, y, update=update)
-        minus = relax_stepwise(model, x, state, 8, -b, y, update=update)
+                     drive0=torch.cat([drive0, drive0]), dyn=Dynamics(update=update, native=native))
+        plus = relax_stepwise(model, x, state, 8, b, y, dyn=Dynamics(update=update))
+        minus = relax_stepwise(model, x, state, 8, -b, y, dyn=Dynamics(update=update))
     assert close([s[:m] for s in both.state], plus.state)
     assert close([s[m:] for s in both.state], minus.state)
 
@@ -90,12 +90,12 @@ def test_batched_plus_minus_beta_equals_separate(case, update, native):
 def test_tolerance_stops_where_stepwise_does(case, update, native):
     model, x, y, state = setup(case)
     with torch.no_grad():
-        fast = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=1, native=native)
-        slow = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6)
-        capped = relax(model, x, state, fast.steps - 1, 0.3, y, update=update, tol=1e-6, check_every=1,
-                       native=native)
-        every3 = relax(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3, native=native)
-        slow3 = relax_stepwise(model, x, state, 200, 0.3, y, update=update, tol=1e-6, check_every=3)
+        each, every_3 = (Dynamics(update=update, tol=1e-6, check_every=c, native=native) for c in (1, 3))
+        fast = relax(model, x, state, 200, 0.3, y, dyn=each)
+        slow = relax_stepwise(model, x, state, 200, 0.3, y, dyn=Dynamics(update=update, tol=1e-6))
+        capped = relax(model, x, state, fast.steps - 1, 0.3, y, dyn=each)
+        every3 = relax(model, x, state, 200, 0.3, y, dyn=every_3)
+        slow3 = relax_stepwise(model, x, state, 200, 0.3, y, dyn=Dynamics(update=update, tol=1e-6, check_every=3))
     assert every3.steps == slow3.steps and every3.steps % 3 == 0 and fast.steps <= every3.steps < fast.steps + 3
     assert fast.steps == slow.steps < 200
     assert fast.residual < 1e-6 and abs(fast.residual - slow.residual) < 1e-12
@@ -106,8 +106,8 @@ def test_tolerance_stops_where_stepwise_does(case, update, native):
 def test_check_every_checks_on_multiples_only():
     model, x, y, state = setup(CASES[6])
     with torch.no_grad():
-        every = relax(model, x, state, 200, 0.0, y, tol=1e-6, check_every=7)
-        each = relax(model, x, state, 200, 0.0, y, tol=1e-6, check_every=1)
+        every = relax(model, x, state, 200, 0.0, y, dyn=Dynamics(tol=1e-6, check_every=7))
+        each = relax(model, x, state, 200, 0.0, y, dyn=Dynamics(tol=1e-6, check_every=1))
     assert every.steps % 7 == 0 and each.steps <= every.steps < each.steps + 7
 
 
@@ -148,7 +148,7 @@ def test_static_stepper_rescales_dense_weights_on_every_load():
         for _ in range(3):
             st.step()
         want = relax_stepwise(model, x, state, 3, 0.5, y).state
-    assert all(p is not None for p in st.dense)
+    assert all(p is not None for p in st.dense.slots)
     assert close(st.state, want), maxdiff(st.state, want)
 
 
@@ -212,11 +212,11 @@ def test_estimators_on_fast_path_equal_stepwise_definition():
 def test_bad_options_are_refused_clearly():
     model, x, y, state = setup(CASES[0])
     with pytest.raises(ValueError, match="dynamics.update"):
-        relax(model, x, state, 3, update="gauss-seidel")
+        relax(model, x, state, 3, dyn=Dynamics(update="gauss-seidel"))
     with pytest.raises(ValueError, match="dynamics.tol"):
-        relax(model, x, state, 3, tol=-1.0)
+        relax(model, x, state, 3, dyn=Dynamics(tol=-1.0))
     with pytest.raises(ValueError, match="check_every"):
-        relax(model, x, state, 3, tol=1e-3, check_every=0)
+        relax(model, x, state, 3, dyn=Dynamics(tol=1e-3, check_every=0))
 
 
 
@@ -283,15 +283,15 @@ def test_graph_replay_logic_reuses_buffers_correctly(case, update):
             obj = EmulatedGraph.get(model, drive0, state, beta_t, update)
             got = obj.run(drive0, state, beta_t, y, T, tol, 1)
             if signs is None:
-                want = relax_stepwise(model, x, state, T, 0.0, y, update=update, tol=tol)
+                want = relax_stepwise(model, x, state, T, 0.0, y, dyn=Dynamics(update=update, tol=tol))
                 assert got.steps == want.steps or (tol > 0 and got.steps >= want.steps)
-                want = relax_stepwise(model, x, state, got.steps, 0.0, y, update=update)
+                want = relax_stepwise(model, x, state, got.steps, 0.0, y, dyn=Dynamics(update=update))
                 assert close(got.state, want.state), (i, maxdiff(got.state, want.state))
             else:
                 for j in range(m):
                     b = float(beta_t[j])
-                    want = relax_stepwise(model, x, [s[j:j + 1] for s in state], T, b, y[j:j + 1], update=update,
-                                          drive0=drive0[j:j + 1])
+                    want = relax_stepwise(model, x, [s[j:j + 1] for s in state], T, b, y[j:j + 1],
+                                          drive0=drive0[j:j + 1], dyn=Dynamics(update=update))
                     assert close([s[j:j + 1] for s in got.state], want.state), (i, j)
     assert len(EmulatedGraph._cache) == 2  # one free graph, one nudged graph, reused across batches
 
@@ -316,7 +316,7 @@ def test_every_conv_kernel_and_layout_gives_the_same_steps(case, kernels, layout
             n = model.n_layers
             for layers in (list(range(0, n, 2)), list(range(1, n, 2))) * 3 if update == "async" else [None] * 3:
                 st.step(layers)
-            want = relax_stepwise(model, x, state, 3, 0.6, y, update=update).state
+            want = relax_stepwise(model, x, state, 3, 0.6, y, dyn=Dynamics(update=update)).state
             assert close(st.state, want), (update, maxdiff(st.state, want))
 
 
@@ -329,5 +329,5 @@ def test_default_check_every_follows_the_cost_of_a_step():
     assert default_check_every("cuda", mlp) == default_check_every("cuda", cnn) == 10
     model, x, y, state = setup(CASES[0])
     with torch.no_grad():
-        auto = relax(model, x, state, 200, 0.3, y, tol=1e-6)
+        auto = relax(model, x, state, 200, 0.3, y, dyn=Dynamics(tol=1e-6))
     assert auto.steps % 5 == 0

@@ -5,7 +5,8 @@ import itertools
 import pytest
 import torch
 
-from eqprop.estimators import Dynamics, OneSided, RandomSign, Symmetric
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import OneSided, RandomSign, Symmetric
 from eqprop.gdu import gdu_check
 from tests.helpers import random_batch, small_net
 

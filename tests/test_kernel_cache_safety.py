@@ -29,7 +29,7 @@ double eqprop_dense_relax_f64(void *plan) { return 0.0; }
 # loads the kernel, relaxes one small net natively and with torch ops, prints what happened
 CHILD = r"""
 import json, torch
-from eqprop.dynamics import relax
+from eqprop.dynamics import Dynamics, relax
 from eqprop.kernels import build
 from eqprop.kernels.dense import NativeDense
 from eqprop.models.fast import FastStepper
@@ -40,7 +40,7 @@ state = random_state(model, n=6)
 with torch.no_grad():
     native = NativeDense.build(FastStepper(model, model.input_drive(x), state)) is not None
     a = relax(model, x, state, 9, 0.5, y)
-    b = relax(model, x, state, 9, 0.5, y, native=False)
+    b = relax(model, x, state, 9, 0.5, y, dyn=Dynamics(native=False))
 print(json.dumps({"native": native, "origin": build.origin(), "error": build.error(),
                   "equal": all(torch.allclose(u, v, rtol=0, atol=1e-10) for u, v in zip(a.state, b.state))}))
 """

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from eqprop.dynamics import relax
+from eqprop.dynamics import Dynamics, relax
 from eqprop.kernels import build
 from eqprop.kernels.dense import NativeDense
 from eqprop.models.fast import FastStepper
@@ -60,8 +60,9 @@ def test_many_blocks_and_threads_equal_the_torch_path(threads, dtype, atol, loss
     try:
         with torch.no_grad():
             for update in ("sync", "async"):
-                a = relax(model, x, state, 25, beta, y, update=update, native=True, tol=1e-12, check_every=4)
-                b = relax(model, x, state, 25, beta, y, update=update, native=False, tol=1e-12, check_every=4)
+                a, b = (relax(model, x, state, 25, beta, y,
+                              dyn=Dynamics(update=update, native=native, tol=1e-12, check_every=4))
+                        for native in (True, False))
                 assert a.steps == b.steps
                 assert abs(a.residual - b.residual) <= atol
                 for u, v in zip(a.state, b.state):
@@ -81,7 +82,7 @@ def test_no_compiler_falls_back_to_torch_with_a_warning(monkeypatch, tmp_path):
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="no C compiler found"):
         got = relax(model, x, state, 7, 0.5, y)
     with torch.no_grad():
-        want = relax(model, x, state, 7, 0.5, y, native=False)
+        want = relax(model, x, state, 7, 0.5, y, dyn=Dynamics(native=False))
     assert all(torch.equal(u, v) for u, v in zip(got.state, want.state))
     assert "set dynamics.native=false" in build.error()
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eqprop.estimators import Dynamics, OneSided, Symmetric
+from eqprop.dynamics import Dynamics
+from eqprop.estimators import OneSided, Symmetric
 from tests.helpers import random_batch, small_net
 
 DYN = Dynamics(T1=30, T2=10)

@@ -1,7 +1,7 @@
 """Gradient estimators: (model, x, y, dynamics) -> parameter gradients of the batch loss."""
 from typing import Optional
 
-from eqprop.estimators.base import Dynamics, Estimate
+from eqprop.estimators.base import Estimate
 from eqprop.estimators.bptt import BPTT
 from eqprop.estimators.cep import CEP
 from eqprop.estimators.ep import EPEstimator

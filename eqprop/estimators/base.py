@@ -1,10 +1,9 @@
 """What every gradient estimator returns, and the phases they share."""
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
-from eqprop.dynamics import Relaxation, relax
+from eqprop.dynamics import Dynamics, Relaxation, relax
 from eqprop.models.dropout import has_masks
 
 
@@ -16,37 +15,15 @@ class Estimate:
     applied: bool = False        # the estimator already moved the weights (CEP); grads is its summed update
 
 
-@dataclass
-class Dynamics:
-    T1: int
-    T2: int
-    update: str = "sync"
-    tol: float = 0.0
-    check_every: Optional[int] = None   # steps between convergence checks (None: dynamics.default_check_every)
-    batch_nudged: bool = True            # run the +beta and -beta phases as one relaxation of twice the batch
-    graph: bool = False                  # CUDA graphs for the relaxation loop (CUDA tensors only)
-    channels_last: bool = False          # conv states channels-last: faster, rounds differently (fast.choose_kernels)
-    native: bool = True                  # CPU dense nets: the compiled kernel (eqprop/kernels/dense.py)
-
-
-def relax_phase(model, x, state, T, dyn: Dynamics, beta=0.0, y=None, drive0=None) -> Relaxation:
-    if drive0 is None:
-        drive0 = model.input_drive(x)
-    if dyn.channels_last and drive0.dim() == 4:
-        drive0 = drive0.contiguous(memory_format=torch.channels_last)  # the fast path follows drive0
-    return relax(model, x, state, T, beta, y, drive0=drive0, update=dyn.update, tol=dyn.tol,
-                 check_every=dyn.check_every, graph=dyn.graph, native=dyn.native)
-
-
 def free_phase(model, x, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
         state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        return relax_phase(model, x, state, dyn.T1, dyn, drive0=drive0)
+        return relax(model, x, state, dyn.T1, dyn=dyn, drive0=drive0)
 
 
 def nudged_phase(model, x, y, start, beta: float, dyn: Dynamics, drive0=None) -> Relaxation:
     with torch.no_grad():
-        return relax_phase(model, x, list(start), dyn.T2, dyn, beta, y, drive0=drive0)
+        return relax(model, x, list(start), dyn.T2, beta, y, dyn, drive0=drive0)
 
 
 def nudged_pair(model, x, y, start, beta: float, dyn: Dynamics, drive0=None):
@@ -71,6 +48,6 @@ def nudged_phases(model, x, y, start, betas, dyn: Dynamics, drive0=None) -> list
     m, k = drive0.shape[0], len(betas)
     with torch.no_grad():
         per_example = torch.cat([drive0.new_full((m,), b) for b in betas])
-        both = relax_phase(model, None, [torch.cat([s] * k) for s in start], dyn.T2, dyn,
-                           per_example, torch.cat([y] * k), drive0=torch.cat([drive0] * k))
+        both = relax(model, None, [torch.cat([s] * k) for s in start], dyn.T2, per_example, torch.cat([y] * k),
+                     dyn, drive0=torch.cat([drive0] * k))
     return [Relaxation([s[i * m:(i + 1) * m] for s in both.state], both.steps, both.residual) for i in range(k)]

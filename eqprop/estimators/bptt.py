@@ -1,9 +1,11 @@
 """Backpropagation through time on the same dynamics: T1 - T2 steps without a graph, then T2
 steps with one, and the loss at the last step back-propagated through those T2 steps."""
+from dataclasses import replace
+
 import torch
 
-from eqprop.dynamics import relax
-from eqprop.estimators.base import Dynamics, Estimate, relax_phase
+from eqprop.dynamics import Dynamics, relax
+from eqprop.estimators.base import Estimate
 from eqprop.estimators.one_sided import OneSided
 
 
@@ -23,9 +25,7 @@ class BPTT:
             state = model.init_state(x.shape[0], device=x.device, dtype=x.dtype)
             # the graph-free head takes the fast path; the paper's semantics (fixed T1, synchronous)
             # are kept so the gradient is the one of the dynamics the EP estimators run by default
-            head = relax_phase(model, x, state, dyn.T1 - dyn.T2, Dynamics(dyn.T1, dyn.T2, graph=dyn.graph,
-                                                                    channels_last=dyn.channels_last,
-                                                                    native=dyn.native))
+            head = relax(model, x, state, dyn.T1 - dyn.T2, dyn=replace(dyn, update="sync", tol=0.0))
         with torch.enable_grad():
             tail = relax(model, x, [s.detach() for s in head.state], dyn.T2)
             loss = model.loss.cost(model.output(tail.state), y).mean()

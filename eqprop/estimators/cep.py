@@ -17,8 +17,10 @@ from typing import Optional
 
 import torch
 
-from eqprop.estimators.base import Dynamics, Estimate, free_phase
+from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import Estimate, free_phase
 from eqprop.estimators.one_sided import OneSided
+from eqprop.models import MODELS
 
 
 class CEP(OneSided):
@@ -39,7 +41,7 @@ class CEP(OneSided):
         if cfg.dynamics.update != "sync":
             return ("estimator=cep updates the weights between synchronous steps, as the original: "
                     "set dynamics.update=sync")
-        if cfg.model.name not in ("mlp", "cnn"):
+        if cfg.model.name not in MODELS or MODELS[cfg.model.name].vector_field:
             return f"estimator=cep runs model=mlp or model=cnn (not model={cfg.model.name})"
         if cfg.model.dropouts is not None and any(p < 1 for p in cfg.model.dropouts):
             return "estimator=cep does not run with dropout (model.dropouts); set model.dropouts=null"

@@ -22,13 +22,14 @@ from typing import Optional
 
 import torch
 
-from eqprop.estimators.base import Dynamics, Estimate, free_phase, nudged_phases
+from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import Estimate, free_phase, nudged_phases
 from eqprop.estimators.ep import EPEstimator
 from eqprop.estimators.n_point import DEFAULT_POINTS, points_problem
+from eqprop.models import MODELS
 
 # activations analytic around the real axis (the hard-sigmoid family has kinks); 'mysig' is my_sigmoid
 ANALYTIC_ACTIVATIONS = ("tanh", "sigmoid", "my_sigmoid", "mysig")
-MODELS = ("mlp", "cnn")  # vf_*: their update is autograd of Phi, whose complex gradient is conjugated
 COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
 
 
@@ -76,12 +77,14 @@ class Holomorphic(EPEstimator):
             return problem
         can = (f"holomorphic EP runs model=mlp or model=cnn with average pooling (model.pools of 'a'/'i'), "
                f"an analytic activation ({', '.join(ANALYTIC_ACTIVATIONS)}), no dropout")
-        if m.name not in MODELS:
+        kind = MODELS.get(m.name)
+        # a vector-field net's update is autograd of Phi, whose complex gradient is conjugated
+        if kind is None or kind.vector_field:
             return f"estimator=holomorphic cannot run model={m.name} (its update conjugates complex states); {can}"
         if m.activation not in ANALYTIC_ACTIVATIONS:
             return (f"estimator=holomorphic cannot run model.activation={m.activation} (not analytic: "
                     f"it has kinks); {can}")
-        if m.name == "cnn" and "m" in (m.pools or ""):
+        if not kind.dense and "m" in (m.pools or ""):
             return f"estimator=holomorphic cannot run model.pools={m.pools} (max pooling is not analytic); {can}"
         if m.dropouts is not None and any(p < 1 for p in m.dropouts):
             return f"estimator=holomorphic cannot run model.dropouts={m.dropouts}; {can}"

@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 
-from eqprop.estimators.base import Dynamics, Estimate, free_phase, nudged_phases
+from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import Estimate, free_phase, nudged_phases
 from eqprop.estimators.ep import EPEstimator
 
 DEFAULT_POINTS = 4  # estimator.points=null: the first stencil past symmetric EP

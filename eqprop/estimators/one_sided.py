@@ -1,7 +1,8 @@
 """Standard EP: one nudged phase at +beta; bias O(beta)."""
 import torch
 
-from eqprop.estimators.base import Dynamics, Estimate, free_phase, nudged_phase
+from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import Estimate, free_phase, nudged_phase
 from eqprop.estimators.ep import EPEstimator
 
 

@@ -1,7 +1,8 @@
 """Symmetric EP: nudged phases at +beta and -beta from the free equilibrium; bias O(beta^2)."""
 import torch
 
-from eqprop.estimators.base import Dynamics, Estimate, free_phase, nudged_pair
+from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import Estimate, free_phase, nudged_pair
 from eqprop.estimators.ep import EPEstimator
 
 

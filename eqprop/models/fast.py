@@ -7,7 +7,8 @@ and changes nothing on the model. What it saves (measurements: benchmarks/README
 - two buffers per layer (ping-pong): a step writes the new state over the state before last, so a
   relaxation allocates once instead of every step (what dominates small nets such as the MLP);
 - accumulation in place: the feedback GEMM adds onto the drive (`addmm` with `out=`), the
-  activation is applied in place (its form: eqprop.activations);
+  activation is applied in place (its form: eqprop.activations); dense layers run on weights
+  pre-scaled by the activation's scale (eqprop.models.dense_layers);
 - one forward pass per synapse per step: a synapse's max-pool indices route both the drive of the
   layer above and the transpose feeding back into the layer below. In async mode the indices are
   kept across half steps while the layer they were computed from is unchanged, so async costs
@@ -15,31 +16,13 @@ and changes nothing on the model. What it saves (measurements: benchmarks/README
 - beta may be a per-example tensor, so the +beta and -beta nudged phases run as one batch;
 - every buffer has a fixed address, so a CUDA graph can capture steps and replay them.
 """
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
 from eqprop.activations import inplace_activation  # noqa: F401  (the in-place form of an activation)
-from eqprop.models.step_plan import StepPlan, choose_kernels, choose_layout  # noqa: F401
-
-
-@dataclass(frozen=True)
-class DenseView:
-    """What a dense net's step reads, for kernels that run the step themselves (eqprop.kernels.dense).
-    Valid until the stepper's next `load`; `cur` and `nxt` are the stepper's own lists, whose
-    entries swap after every step."""
-    plan: StepPlan
-    batch: int
-    cur: list
-    nxt: list
-    base0: torch.Tensor     # scale_0 * f_0(x), layer 0's constant drive
-    weights: tuple          # per layer (W_k, b_k, feedback weight), multiplied by the layer's scale; None: absent
-    nudged: bool
-    neg_beta: object        # -beta * the top layer's scale: a float, or a (batch, 1) tensor
-    target: Optional[torch.Tensor]
-    readout: Optional[torch.nn.Module]
-    loss: object
+from eqprop.models.dense_layers import DenseLayers, DenseView
+from eqprop.models.step_plan import StepPlan, choose_kernels, choose_layout
 
 
 class FastStepper:
@@ -100,9 +83,7 @@ class FastStepper:
         self.readout_ctx = self.readout.static_ctx(self.cur[-1].shape) if self.readout is not None else None
         self.valid = set()  # keys of contexts computed from the current value of the layer they read
         self.orders = {}
-        self.copies = {}  # (id(weight), scale) -> (weight, its scaled copy, scale): one copy per pair
-        self.dense = [self._dense_slots(k) for k in range(n)]
-        self.base0 = None
+        self.dense = DenseLayers(plan, syn, [entry[0] for entry in self.fb], static)
 
         self.nudged = torch.is_tensor(beta) or beta != 0.0
         self.memory_format = memory_format
@@ -128,7 +109,7 @@ class FastStepper:
                                             torch.channels_last else torch.contiguous_format)
         else:
             self.drive0 = drive0
-        self._refresh_dense()
+        self.dense.refresh(self.drive0, self.cur)
         if not self.nudged:
             return
         target = self.model.loss.target(y, self.cur[-1], self.readout)
@@ -147,96 +128,13 @@ class FastStepper:
                              else -float(beta) * scale)
 
     # ----- dense layers: the activation's scale folded into scaled copies of the weights ----------
-    def _dense_slots(self, k):
-        """For a layer the plan marks dense (the MLP, the CNN's fc layers): the parameters its
-        update reads, as [(source tensor, scaled copy or None)]: forward weight and bias of synapse
-        k (k > 0), then the feedback weight (k < n - 1). None for other layers. A symmetric net's
-        W_{k+1} feeds layer k + 1 and back into layer k: with one scale, one copy serves both."""
-        if not self.plan.layers[k].dense:
-            return None
-        scale, syn, n = self.scale[k], self.syn, self.n
-
-        def slot(t):
-            if t is None or scale == 1.0:
-                return (t, None)
-            key = (id(t), scale)
-            if key not in self.copies:
-                self.copies[key] = (t, torch.empty_like(t), scale)
-            return (t, self.copies[key][1])
-        fwd = (slot(syn[k].weight), slot(syn[k].bias)) if k > 0 else ((None, None), (None, None))
-        fb = slot(self.fb[k][0].weight) if k + 1 < n else (None, None)
-        return [fwd[0], fwd[1], fb]
-
-    def _refresh_dense(self):
-        """Fill the scaled copies from the current parameters and input drive (every `load`, so a
-        replayed CUDA graph sees the optimiser's in-place updates)."""
-        if self.dense[0] is not None:
-            scale = self.scale[0]
-            if scale == 1.0 and self.drive0.stride() == self.cur[0].stride():
-                self.base0 = self.drive0
-            else:
-                if self.base0 is None or not self.static:
-                    self.base0 = torch.empty_like(self.cur[0])  # the layout of layer 0's buffers
-                torch.mul(self.drive0, scale, out=self.base0)
-        for src, buf, scale in self.copies.values():
-            torch.mul(src.detach(), scale, out=buf)
-        self.dense_fn, self.dense_weights = [], []
-        for k, slots in enumerate(self.dense):
-            if slots is None:
-                self.dense_fn.append(None)
-                self.dense_weights.append(None)
-                continue
-            got = [buf if buf is not None else (None if src is None else src.detach()) for src, buf in slots]
-            self.dense_weights.append(tuple(got))
-            self.dense_fn.append(self._dense_fn(k, *got))
-
     def dense_view(self) -> Optional[DenseView]:
         """The tensors a dense net's step reads, or None when some layer is not dense."""
         if not self.plan.all_dense:
             return None
-        return DenseView(self.plan, self.batch, self.cur, self.nxt, self.base0, tuple(self.dense_weights),
+        return DenseView(self.plan, self.batch, self.cur, self.nxt, self.dense.base0, tuple(self.dense.weights),
                          self.nudged, self.neg_beta if self.nudged else None, self.target if self.nudged else None,
                          self.readout, self.model.loss)
-
-    def _dense_fn(self, k, w, b, wb):
-        """The update of dense layer k as a closure (cur, out) -> None over fixed tensors:
-        out = scale * (W_k s_{k-1} + b_k + W_fb^T s_{k+1}), before the nudge and the activation.
-        Built once per load, so a step pays one Python call per layer, not the branching."""
-        addmm, mm, top = torch.addmm, torch.mm, k + 1 == self.n
-        bcol = None if b is None else b.unsqueeze(1)
-        if self.cur[k].stride(0) == 1 and self.cur[k].shape[1] > 1:
-            # feature-major (see _buffer): the transposed equation out^T = W s^T + ...
-            if k == 0:
-                base_t, wb_t = self.base0.t(), wb.t()
-                return lambda cur, out: addmm(base_t, wb_t, cur[1].t(), out=out.t())
-            wb_t = None if top else wb.t()
-
-            def fm(cur, out):
-                src, o = cur[k - 1], out.t()
-                src = src.flatten(1).t() if src.dim() != 2 else src.t()
-                if b is None:
-                    mm(w, src, out=o)
-                else:
-                    addmm(bcol, w, src, out=o)
-                if wb_t is not None:
-                    o.addmm_(wb_t, cur[k + 1].t())
-            return fm
-        if k == 0:
-            base = self.base0
-            return lambda cur, out: addmm(base, cur[1], wb, out=out)
-        w_t = w.t()
-
-        def bm(cur, out):
-            src = cur[k - 1]
-            if src.dim() != 2:
-                src = src.flatten(1)
-            if b is None:
-                mm(src, w_t, out=out)
-            else:
-                addmm(b, src, w_t, out=out)
-            if not top:
-                out.addmm_(cur[k + 1], wb)
-        return bm
 
     @property
     def state(self) -> list:
@@ -253,7 +151,7 @@ class FastStepper:
         if order is None:
             order = self.orders[key] = tuple(sorted(range(self.n) if layers is None else set(layers), reverse=True))
         n, cur, nxt, syn, valid, track = self.n, self.cur, self.nxt, self.syn, self.valid, self.track
-        dense, kernels = self.dense_fn, self.kernels
+        dense, kernels = self.dense.fns, self.kernels
         for k in order:
             out, scale = nxt[k], self.scale[k]
             fn = dense[k]
