@@ -31,8 +31,9 @@ UPDATES = ("sync", "async")
 
 @dataclass
 class Dynamics:
-    """The dynamics settings (the run config's `dynamics:` keys, and its schema). `relax` reads
-    update..native; the phase lengths T1/T2 are the estimators', tf32 the engine's."""
+    """The dynamics settings: the schema of the run config's `dynamics:` keys, and what the engine
+    hands to the estimators as it is. The phase lengths T1, T2 and batch_nudged are the estimators',
+    tf32 the engine's; `relax` reads the rest."""
     T1: int = 30                             # free-phase steps
     T2: int = 10                             # nudged-phase steps (BPTT: steps back-propagated through)
     update: str = "sync"                     # sync (paper) | async (even layers, then odd layers)

@@ -215,6 +215,7 @@ def test_gducheck_with_betas_writes_the_study(tmp_path):
             assert 0.5 < r["rmse_params"] / rmse["one_sided", r["beta"]] < 2, r
     md = (tmp_path / "gdu_study.md").read_text()
     assert "| estimate | beta | RMSE params |" in md and md.count("| symmetric |") == 4  # both tables
+    assert "channels [3, 4], fc" in md.split("\n")[0]  # the title gives a conv net's shape
     assert (tmp_path / "gdu_study.png").stat().st_size > 10_000
     assert not (tmp_path / "gdu.json").exists()  # the study replaces the single check
 
