@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Set, Tuple
 
@@ -15,9 +15,12 @@ import torch
 
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, ModelConfig, RunConfig, from_dict, validate
-from eqprop.engine import (CHECKPOINT_KEYS, MODEL_KEYS, Diverged, Interrupted, Run, check_same_architecture,
-                           evaluate, resolve_device, train)
+from eqprop.checkpointer import checkpoint_to_resume, load_model
+from eqprop.divergence import Diverged
+from eqprop.engine import evaluate, train
 from eqprop.loggers import build_logger, check_logger_config
+from eqprop.run_builder import Run, resolve_device
+from eqprop.signals import Interrupted
 from eqprop.tasks import check_available
 
 log = logging.getLogger(__name__)
@@ -53,15 +56,8 @@ def _adopt_architecture(cfg: RunConfig, stored: dict, where: Path) -> None:
 
 
 def _load_weights(cfg: RunConfig):
-    path = Path(cfg.load_path)
-    if not path.is_dir():
-        raise ConfigError(f"load_path={cfg.load_path} is not a directory; give a training run's output dir")
-    f = path / "model.pt"
-    if not f.exists():
-        raise ConfigError(f"load_path={cfg.load_path} has no model.pt checkpoint: train there first "
-                          "(mode=train writes model.pt after its first epoch)")
-    state = ckpt.load(f, required=MODEL_KEYS)
-    _adopt_architecture(cfg, state["architecture"], f)
+    state = load_model(cfg.load_path)
+    _adopt_architecture(cfg, state["architecture"], Path(cfg.load_path) / "model.pt")
     return state
 
 
@@ -114,29 +110,19 @@ def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], r
 
 
 def prepare(cfg_dict: dict, run_dir: Path):
-    """Everything that can fail on bad input, before any compute."""
+    """Everything that can fail on bad input, before any compute. Returns the config, the device and the
+    one checkpoint this command reads (loaded once here and handed on): the checkpoint.pt a training
+    command continues from, the model.pt that evaluate / gducheck load, or None."""
     cfg = from_dict(cfg_dict)
     check_logger_config(cfg.logger)
     device = resolve_device(cfg.device)
-    if cfg.resume is not None:
-        r = Path(cfg.resume)
-        if not r.is_dir():
-            raise ConfigError(f"resume={cfg.resume}: no such run dir")
-        if not (r / "checkpoint.pt").exists():
-            raise ConfigError(f"resume={cfg.resume}: no checkpoint.pt there, so no run to resume; check the path "
-                              "(a run writes its checkpoint after its first epoch, or when stopped by a signal)")
-        state = ckpt.load(r / "checkpoint.pt", required=CHECKPOINT_KEYS)
-        check_same_architecture(state["architecture"], cfg, r)
-    elif cfg.mode == "train" and (run_dir / "checkpoint.pt").exists():
-        # a requeued job lands in its own output dir again: it resumes from there
-        state = ckpt.load(run_dir / "checkpoint.pt", required=CHECKPOINT_KEYS)
-        check_same_architecture(state["architecture"], cfg, run_dir)
+    resumed = checkpoint_to_resume(cfg, run_dir)
     weights = _load_weights(cfg) if cfg.load_path is not None else None
     check_available(cfg.task)
-    return cfg, device, weights
+    return cfg, device, resumed if cfg.mode == "train" else weights
 
 
-def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict,
+def run_mode(cfg: RunConfig, device, loaded, run_dir: Path, config_dict: dict,
              continued: Optional[Continued] = None, command_line: Optional[CommandLine] = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s: run dir %s", cfg.mode, run_dir)
@@ -146,12 +132,12 @@ def run_mode(cfg: RunConfig, device, weights, run_dir: Path, config_dict: dict,
     try:
         if cfg.mode == "train":
             run = Run(cfg, run_dir, device)
-            result = train(run, logger)
+            result = train(run, logger, loaded)
         elif cfg.mode == "evaluate":
-            result = _evaluate(cfg, device, weights, run_dir)
+            result = _evaluate(cfg, device, loaded, run_dir)
             logger.log_summary(result)
         else:
-            result = _gducheck(cfg, device, weights, run_dir, logger)
+            result = _gducheck(cfg, device, loaded, run_dir, logger)
         status = "finished"
         return result
     except Diverged:
@@ -251,11 +237,11 @@ def main(cfg_dict: dict, run_dir: Path, multirun: bool = False, command_line: Op
         if multirun and _stopped_by is not None:
             raise Interrupted(_stopped_by, "before this job started (an earlier job of the sweep was stopped by it)")
         cfg_dict, continued = continued_settings(cfg_dict, run_dir, command_line)
-        cfg, device, weights = prepare(cfg_dict, run_dir)
+        cfg, device, loaded = prepare(cfg_dict, run_dir)
         # accepted: from here library warnings land in the run's launch.log too (not before, as a
         # refused command must leave that file as it was)
         logging.captureWarnings(True)
-        return run_mode(cfg, device, weights, run_dir, cfg_dict, continued, command_line)
+        return run_mode(cfg, device, loaded, run_dir, cfg_dict, continued, command_line)
     except (ConfigError, ckpt.CheckpointError) as err:
         _refused(where, err, multirun)
         if multirun:

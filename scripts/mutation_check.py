@@ -62,7 +62,7 @@ MUTATIONS = [
              [("eqprop/optim.py", '{"params": g, "lr": lr,', '{"params": g, "lr": lrs[0],')],
              ["tests/test_optim.py"]),
     Mutation("dropout_rng_not_resumed", "dropout masks' RNG not restored on a mid-epoch resume",
-             [("eqprop/engine.py", 'torch.set_rng_state(partial["torch_rng"])', "pass")],
+             [("eqprop/checkpointer.py", 'torch.set_rng_state(partial["torch_rng"])', "pass")],
              ["tests/test_reliability_faults.py::test_signal_saves_mid_epoch_and_resume_is_exact -k dropout"]),
     Mutation("t2_zero_accepted", "dynamics.T2=0 accepted",
              [("eqprop/dynamics.py", "if not self.T2 > 0:", "if not self.T2 >= 0:")],

@@ -34,7 +34,8 @@ def _initial_test_metrics(overrides, run_dir):
     import torch
 
     from eqprop.config import from_dict
-    from eqprop.engine import Run, evaluate
+    from eqprop.engine import evaluate
+    from eqprop.run_builder import Run
 
     run = Run(from_dict(compose_cfg(overrides)), run_dir, torch.device("cpu"))
     return evaluate(run.model, run.test, run.dyn)

@@ -10,7 +10,7 @@ import torch
 
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError
-from eqprop.engine import Diverged
+from eqprop.divergence import Diverged
 from tests.fault_utils import ONE_THREAD, Job, one_thread, same_weights, write_fake_mnist  # noqa: F401
 from tests.launch_utils import TINY as _TINY
 from tests.launch_utils import compose_cfg, launch_cli, read_metrics, run_inprocess
@@ -264,11 +264,11 @@ def test_worker_processes_and_resume_see_the_same_augmented_images():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("group", range(4))
 def test_the_non_finite_check_names_exactly_the_group_that_holds_one(group, bad):
-    """engine._non_finite (CPU: aminmax per tensor): a single bad value, last in its tensor, in
+    """divergence.non_finite (CPU: aminmax per tensor): a single bad value, last in its tensor, in
     one group is found and no other group is named."""
     from types import SimpleNamespace
 
-    from eqprop.engine import _non_finite
+    from eqprop.divergence import non_finite
     from tests.helpers import small_net
     model = small_net("mlp", archi=[40, 30, 5])
     state = [torch.rand(8, 30, dtype=torch.float64), torch.rand(8, 5, dtype=torch.float64)]
@@ -278,4 +278,4 @@ def test_the_non_finite_check_names_exactly_the_group_that_holds_one(group, bad)
     target = [state[1], grads[model.synapses[1].weight], model.synapses[0].weight.data, loss][group]
     target.view(-1)[-1] = bad
     est = SimpleNamespace(free=state, grads=grads)
-    assert _non_finite(est, model, loss) == [names[group]]
+    assert non_finite(est, model, loss) == [names[group]]
