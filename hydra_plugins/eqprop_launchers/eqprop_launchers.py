@@ -130,7 +130,7 @@ class _Launch:
     def _collect(self, job, overrides: List[str], idx: int, sweep_dir: Path) -> JobReturn:
         from submitit.core.utils import UncompletedJobError
 
-        from eqprop.sweep_summary import record_job
+        from eqprop.runs import record_job
 
         try:
             return job.results()[0]
