@@ -26,8 +26,8 @@ from typing import List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from eqprop.runs import (RESULT, Metrics, effective_overrides, job_result, one_line, read_metrics, record_job, status_of,
-                         write_text_atomic)
+from eqprop.runs import (RESULT, Metrics, effective_overrides, job_result, one_line, read_metrics, record_job,
+                         status_of, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
