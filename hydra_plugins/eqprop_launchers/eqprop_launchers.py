@@ -73,7 +73,7 @@ class _Launch:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        from eqprop.sweep_summary import make_sweep_dir
+        from eqprop.sweep_dir import make_sweep_dir
 
         assert self.config is not None and len(job_overrides) > 0
         _put_repo_on_pythonpath()
