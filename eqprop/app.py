@@ -74,7 +74,7 @@ def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[Com
     """A run that continues keeps its own stored settings; only the keys this command line sets change.
     (cfg_dict, None) for a new run, and for a caller that gives no command line (the config is taken
     as it is)."""
-    from eqprop.report_runs import stored_config
+    from eqprop.runs import stored_config
     from eqprop.resume_settings import merge
 
     d = _continued_run(cfg_dict, run_dir)

@@ -17,6 +17,7 @@ import torch
 
 from eqprop import checkpoint as ckpt
 from eqprop.config import ConfigError, RunConfig
+from eqprop.runs import reconcile_metrics
 
 log = logging.getLogger(__name__)
 
@@ -105,27 +106,6 @@ def restore_mid_epoch(partial: dict, gen: torch.Generator) -> dict:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     return partial["acc"]
-
-
-def reconcile_metrics(path: Path, history: list) -> None:
-    """The epoch's line is appended after its checkpoint is saved, so a kill in between leaves
-    metrics.jsonl one epoch behind the checkpoint: append what the file lacks, never rewrite it."""
-    have = set()
-    if path.exists():
-        raw = path.read_bytes()
-        if raw and not raw.endswith(b"\n"):  # a line cut by a crash: close it so the next one is whole
-            with open(path, "a") as f:
-                f.write("\n")
-        for line in raw.decode(errors="replace").splitlines():
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(m, dict) and m.get("status", "ok") == "ok":
-                have.add(m.get("epoch"))
-    for m in history:
-        if m["epoch"] not in have:
-            ckpt.append_line(path, json.dumps(m))
 
 
 def resume_optimizer(run, state: dict) -> None:

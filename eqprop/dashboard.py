@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from eqprop.report_plot import FAMILIES, family_colour
+from eqprop.report.plot import FAMILIES, family_colour
 
 log = logging.getLogger(__name__)
 

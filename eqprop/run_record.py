@@ -6,17 +6,17 @@
                           with) and resume.yaml (when, from which epoch, what changed)
   .hydra-evaluate-<n>/, .hydra-gducheck-<n>/   each evaluation / GDU check of the run
 
-The settings a run last trained with are in effective_config_path(). No torch here: launch.py
+Reading these records back (the settings a run last trained with): eqprop.runs. No torch here: launch.py
 imports this module before Hydra starts.
 """
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
 
 from omegaconf import OmegaConf
+
+from eqprop.checkpoint import write_text_atomic
 
 FIRST = ".hydra"
 RESUME = "resume"
@@ -26,7 +26,7 @@ RESUME_RECORD = "resume.yaml"
 _chosen: Dict[tuple, str] = {}
 
 
-def _numbered(run_dir: Path, kind: str) -> List[Path]:
+def numbered_dirs(run_dir: Path, kind: str) -> List[Path]:
     """The `.hydra-<kind>-<n>` dirs of a run, in order of n."""
     found = []
     for p in Path(run_dir).glob(f"{FIRST}-{kind}-*"):
@@ -47,53 +47,14 @@ def invocation_subdir(mode: str, resume, output_dir: str) -> str:
             _chosen[key] = FIRST
         else:
             kind = RESUME if mode == "train" else mode
-            taken = _numbered(d, kind)
+            taken = numbered_dirs(d, kind)
             n = int(taken[-1].name.rsplit("-", 1)[1]) + 1 if taken else 1
             _chosen[key] = f"{FIRST}-{kind}-{n}"
     return _chosen[key]
 
 
-def effective_config_path(run_dir) -> Path:
-    """The settings the run last trained with: the latest resume's effective.yaml, else the first
-    command's .hydra/config.yaml."""
-    for d in reversed(_numbered(run_dir, RESUME)):
-        if (d / EFFECTIVE).is_file():
-            return d / EFFECTIVE
-    return Path(run_dir) / FIRST / "config.yaml"
-
-
-def resume_records(run_dir) -> List[dict]:
-    """Every resume of the run, oldest first (unreadable records are skipped)."""
-    out = []
-    for d in _numbered(run_dir, RESUME):
-        try:
-            rec = OmegaConf.to_container(OmegaConf.load(d / RESUME_RECORD))
-        except Exception:  # noqa: BLE001 - a torn or missing record: the others still count
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def changed_settings(run_dir) -> Dict[str, object]:
-    """key -> value for every setting a resume changed (the latest change of a key wins)."""
-    out = {}
-    for rec in resume_records(run_dir):
-        for k, change in (rec.get("changed") or {}).items():
-            if isinstance(change, dict) and "to" in change:
-                out[k] = change["to"]
-    return out
-
-
 def _write_yaml(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(OmegaConf.to_yaml(OmegaConf.create(data)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def write_resume_record(record_dir: Path, effective: dict, changes: Dict[str, tuple], overrides: List[str]) -> None:

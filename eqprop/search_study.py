@@ -6,8 +6,6 @@ touch the study, so an SQLite file is enough, also on a shared file system. Each
 """
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,8 +13,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from eqprop.runs import job_outcome, status_of, write_text_atomic
 from eqprop.search_space import SearchConfigError, SearchSpace, describe
-from eqprop.sweep_summary import job_outcome, status_of
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +181,7 @@ def results(study, objective: str, space: SearchSpace, url: str) -> Optional[Dic
 
 def write_results(sweep_dir: Path, data: Dict[str, Any]) -> Path:
     path = sweep_dir / RESULTS
-    fd, tmp = tempfile.mkstemp(prefix=f".{RESULTS}.", dir=sweep_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(data)))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(data)))
     return path
 
 

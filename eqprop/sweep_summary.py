@@ -16,7 +16,7 @@ import atexit
 import csv
 import fcntl
 import io
-import json
+import itertools
 import logging
 import os
 import sys
@@ -26,65 +26,14 @@ from typing import List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from eqprop.checkpoint import write_text_atomic
+from eqprop.runs import (RESULT, Metrics, effective_overrides, job_result, one_line, read_metrics, record_job,
+                         status_of, write_text_atomic)
+from eqprop.sweep_dir import make_sweep_dir
 
 log = logging.getLogger(__name__)
 
-RESULT = "job_result.json"
 SUMMARY = "summary.csv"
 COLUMNS = ["job", "status", "best_test_acc", "final_test_acc", "epochs", "overrides", "error", "job_id", "dir"]
-
-# exception class -> status, for jobs that raised (Hydra hands the exception to on_job_end)
-_STATUS_OF_ERROR = {"Diverged": "diverged", "Interrupted": "interrupted", "ConfigError": "config error",
-                    "CheckpointError": "config error"}
-
-
-# hydra.sweep.mode when the command line sets none (Hydra's schema has no default for it; give
-# `+hydra.sweep.mode=0750` to open a sweep to the group): on a shared cluster a sweep's outputs and
-# submitit's pickles, which run as code when a job or the launcher loads them, are the user's own
-DEFAULT_SWEEP_MODE = "0700"
-
-
-_CREATED_HERE = set()  # sweep dirs this process created: only those may be removed on a refusal
-
-
-def created_here(path) -> bool:
-    return Path(path).absolute() in _CREATED_HERE
-
-
-def make_sweep_dir(config: DictConfig) -> Path:
-    """The sweep dir, created (or made) hydra.sweep.mode, never open to others in between."""
-    sweep = config.hydra.sweep
-    text = str(sweep.mode) if "mode" in sweep else DEFAULT_SWEEP_MODE
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise ValueError(f"hydra.sweep.mode={text!r} must be an octal mode such as 0700 or 0750") from None
-    path = Path(str(sweep.dir))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.mkdir(mode=0o700)
-        _CREATED_HERE.add(path.absolute())
-    os.chmod(path, mode)
-    return path
-
-
-def record_job(job_dir, status: str, error: Optional[str] = None, **extra) -> None:
-    """The outcome of one job, next to its outputs; the summary reads it back."""
-    job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(job_dir / RESULT, json.dumps({"status": status, "error": error, **extra}, indent=1))
-
-
-def status_of(exc: BaseException) -> str:
-    return _STATUS_OF_ERROR.get(type(exc).__name__, "failed")
-
-
-def _one_line(text) -> Optional[str]:
-    if text is None:
-        return None
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else None
 
 
 def expected_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
@@ -95,7 +44,6 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
     if not f.is_file():
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         hydra = OmegaConf.load(f).hydra
@@ -105,63 +53,21 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
             return None
         params = hydra.sweeper.get("params") or {}
         args = [f"{k}={v}" for k, v in params.items()] + list(hydra.overrides.task)
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
-        return [job for batch in batches for job in batch]
+        # the basic sweeper's expansion: every combination of the swept values, the first key varying
+        # slowest; a key given again (command line after sweeper.params) keeps its place, takes the new value
+        values = {}
+        for o in OverridesParser.create().parse_overrides(args):
+            key = o.get_key_element()
+            if not o.is_sweep_override():
+                values[key] = [f"{key}={o.get_value_element_as_str()}"]
+            elif o.is_discrete_sweep():
+                values[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            else:  # an interval: only other sweepers (optuna) sample it
+                return None
+        return [list(job) for job in itertools.product(*values.values())]
     except Exception as err:  # a summary without the never-started jobs beats no summary
         log.debug("cannot list the jobs of %s: %s", sweep_dir, err)
         return None
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _metrics(job_dir: Path) -> dict:
-    lines = []
-    try:
-        for ln in (job_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                lines.append(json.loads(ln))
-            except ValueError:
-                pass
-    except OSError:
-        pass
-    ok = [m for m in lines if m.get("status", "ok") == "ok" and "test_acc" in m]
-    return {"best_test_acc": max((m["test_acc"] for m in ok), default=None),
-            "final_test_acc": ok[-1]["test_acc"] if ok else None,
-            "epochs": ok[-1].get("epoch") if ok else None,
-            "diverged": any(m.get("status") == "diverged" for m in lines)}
-
-
-def job_outcome(job_dir) -> dict:
-    """How one job ended, read back from its own files: status (None while it has no outcome), error,
-    best_test_acc, final_test_acc, epochs (from metrics.jsonl)."""
-    job_dir = Path(job_dir)
-    result = _read_json(job_dir / RESULT) or {}
-    m = _metrics(job_dir)
-    return {"status": result.get("status"), "error": _one_line(result.get("error")),
-            **{k: m[k] for k in ("best_test_acc", "final_test_acc", "epochs")}}
-
-
-def _job_overrides(job_dir: Path) -> Optional[List[str]]:
-    """The job's own overrides, then `key=value` for every setting a later resume of it changed: the
-    settings it last trained with (eqprop.run_record)."""
-    from eqprop.run_record import changed_settings
-
-    f = job_dir / ".hydra" / "overrides.yaml"
-    try:
-        first = [str(o) for o in OmegaConf.load(f)] if f.is_file() else None
-    except Exception:
-        return None
-    changed = {k: v for k, v in changed_settings(job_dir).items() if k != "resume"}
-    if first is None or not changed:
-        return first
-    shown = {k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else
-             "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for k, v in changed.items()}
-    return [o for o in first if o.split("=", 1)[0].lstrip("+~") not in shown] + [f"{k}={v}" for k, v in shown.items()]
 
 
 def job_rows(sweep_dir) -> List[dict]:
@@ -177,22 +83,21 @@ def job_rows(sweep_dir) -> List[dict]:
         return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
     for name, d in sorted(dirs.items(), key=lambda kv: job_order(kv[0])):
-        result = _read_json(d / RESULT) or {}
-        m = _metrics(d)
+        result, m = job_result(d), read_metrics(d) or Metrics()
         if result.get("status"):
             status = result["status"]
-        elif m["diverged"]:
+        elif m.problem is not None and m.problem.get("status") == "diverged":
             status = "diverged"
         elif d.is_dir():
             status = "incomplete"
         else:
             status = "not started"
-        overrides = _job_overrides(d)
+        overrides = effective_overrides(d)
         if overrides is None and name.isdigit() and int(name) < len(expected):
             overrides = expected[int(name)]
-        rows.append({"job": name, "status": status, "best_test_acc": m["best_test_acc"],
-                     "final_test_acc": m["final_test_acc"], "epochs": m["epochs"], "all_overrides": overrides or [],
-                     "error": _one_line(result.get("error")), "job_id": result.get("job_id"),
+        rows.append({"job": name, "status": status, "best_test_acc": m.best_test_acc,
+                     "final_test_acc": m.final_test_acc, "epochs": m.last_epoch, "all_overrides": overrides or [],
+                     "error": one_line(result.get("error")), "job_id": result.get("job_id"),
                      "dir": str(d.relative_to(sweep_dir))})
     # show what tells the jobs apart; what all of them share is noise in a table
     by_key = {}

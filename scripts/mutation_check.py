@@ -103,7 +103,7 @@ MUTATIONS = [
              [("eqprop/loggers/wandb_logger.py", '"test/acc": metrics["test_acc"]', '"test_acc": metrics["test_acc"]')],
              ["tests/test_wandb.py::test_training_logs_config_history_summary_group_and_a_requeue_continues_the_run"]),
     Mutation("report_population_std", "the report's ± is the population std, not the sample std over seeds",
-             [("eqprop/report.py", "{100 * statistics.stdev(values):.2f}", "{100 * statistics.pstdev(values):.2f}")],
+             [("eqprop/report/markdown.py", "{100 * statistics.stdev(values):.2f}", "{100 * statistics.pstdev(values):.2f}")],
              ["tests/test_report.py"]),
 ]
 

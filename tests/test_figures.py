@@ -5,7 +5,7 @@ import torch
 
 from eqprop.plots import accuracy_figure, activity_figure
 from eqprop.report import Row
-from eqprop.report_plot import curve_styles
+from eqprop.report.plot import curve_styles
 
 
 def test_accuracy_figure_has_a_title_labels_and_whole_epoch_ticks():

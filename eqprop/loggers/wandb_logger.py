@@ -18,8 +18,8 @@ import secrets
 import string
 from pathlib import Path
 
-from eqprop.checkpoint import write_text_atomic
 from eqprop.config import ConfigError
+from eqprop.runs import family, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ STEP_FILE = "wandb_step"     # the last W&B step logged, so that a requeued segm
 MODES = ("auto", "online", "offline", "disabled")
 # finish(status) -> the exit code W&B stores; any non-zero code shows the run as failed
 EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 143}
-
-
-def family(estimator: str) -> str:
-    return "BPTT" if estimator == "bptt" else "EP"
 
 
 def check_config(cfg) -> dict:

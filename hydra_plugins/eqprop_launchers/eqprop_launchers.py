@@ -73,7 +73,7 @@ class _Launch:
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        from eqprop.sweep_summary import make_sweep_dir
+        from eqprop.sweep_dir import make_sweep_dir
 
         assert self.config is not None and len(job_overrides) > 0
         _put_repo_on_pythonpath()
@@ -130,7 +130,7 @@ class _Launch:
     def _collect(self, job, overrides: List[str], idx: int, sweep_dir: Path) -> JobReturn:
         from submitit.core.utils import UncompletedJobError
 
-        from eqprop.sweep_summary import record_job
+        from eqprop.runs import record_job
 
         try:
             return job.results()[0]

@@ -47,7 +47,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from eqprop import search_study as ss
         from eqprop.search_space import SearchConfigError
-        from eqprop.sweep_summary import created_here
+        from eqprop.sweep_dir import created_here
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # the sweep-summary callback may have made it already (hydra.sweep.mode), for this command

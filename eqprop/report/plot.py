@@ -42,7 +42,7 @@ def curve_styles(rows) -> list:
 
 
 def plot_report(groups: dict, path) -> None:
-    """groups: (task, model, loss) -> [report.Row]."""
+    """groups: (task, model, loss) -> [eqprop.report.rows.Row]."""
     panels = [(k, rows) for k, rows in groups.items() if any(r.ok for r in rows)] or list(groups.items())[:1]
     cols = min(3, max(len(panels), 1))
     n_rows = math.ceil(max(len(panels), 1) / cols)
