@@ -233,7 +233,7 @@ def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, estimators, generator,
                       points=cfg.estimator.points)
     m = cfg.model
-    shape = m.archi if m.name in ("mlp", "vf_mlp") else f"channels {m.channels}, fc {m.fc}"
+    shape = m.archi if m.dense else f"channels {m.channels}, fc {m.fc}"
     title = f"GDU study ({m.name} {shape}, {cfg.loss.name}, task {cfg.task.name})"
     write_study(study, out_dir, title)
     if logger is not None:
