@@ -156,7 +156,7 @@ def _check_model_fits(cfg: RunConfig) -> None:
             f"the model's output layer has {m.output_units} units but task={t.name} has {t.num_classes} classes")
     n_syn = m.n_synapses
     n_neuron_layers = n_syn - (1 if cfg.loss.softmax_readout else 0)
-    if m.name.startswith("vf_"):
+    if m.vector_field:
         _expect(n_neuron_layers >= 2,
                 f"model={m.name} needs at least two neuron layers to have backward weights "
                 f"(it has {n_neuron_layers}); add a hidden layer")

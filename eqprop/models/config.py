@@ -30,6 +30,11 @@ class ModelConfig:
         return MODELS[self.name].dense
 
     @property
+    def vector_field(self) -> bool:
+        """Separate backward weights (vf_mlp, vf_cnn)."""
+        return MODELS[self.name].vector_field
+
+    @property
     def n_synapses(self) -> int:
         """Layers of weights."""
         return len(self.archi) - 1 if self.dense else len(self.channels) + len(self.fc)

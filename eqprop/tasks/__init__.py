@@ -2,8 +2,8 @@
 from torch.utils.data import Subset
 
 from eqprop.errors import ConfigError
-from eqprop.tasks.config import TaskConfig
 from eqprop.tasks import offline, torchvision_tasks
+from eqprop.tasks.config import TaskConfig
 
 TASKS = {
     "mnist5k": lambda cfg: offline.mnist5k(),
