@@ -117,9 +117,10 @@ def validate(cfg: RunConfig) -> None:
             f"dynamics.tf32=true needs dtype=float32 (TF32 rounds float32 products; dtype={cfg.dtype})")
     cfg.estimator.check()
     _check_estimator_fits(cfg)
-    for group in (cfg.loss, cfg.task, cfg.optimizer, cfg.model):
+    for group in (cfg.loss, cfg.task, cfg.model):
         group.check()
     _check_model_fits(cfg)
+    cfg.optimizer.check()
     if cfg.mode == "evaluate":
         _expect(cfg.load_path is not None, "mode=evaluate needs load_path=<run dir> (a training run's output dir)")
     cfg.gdu.check()
@@ -141,7 +142,8 @@ def _check_estimator_fits(cfg: RunConfig) -> None:
 
 
 def _check_model_fits(cfg: RunConfig) -> None:
-    """The model against the task's inputs and classes, the loss's read-out and the layer-wise settings."""
+    """The model against the task's inputs and classes, the loss's read-out and the optimiser's layer-wise
+    settings (their number; their values are the optimiser's own check)."""
     m, t, o = cfg.model, cfg.task, cfg.optimizer
     if m.dense:
         _expect(m.archi[0] == t.input_dim,
@@ -167,7 +169,3 @@ def _check_model_fits(cfg: RunConfig) -> None:
             _expect(len(v) == n_syn,
                     f"optimizer.{key}={v} has {len(v)} value(s) but model={m.name} "
                     f"has {n_syn} layers of weights; give one value per layer")
-    if m.dropouts is not None:
-        _expect(len(m.dropouts) == n_syn,
-                f"model.dropouts={m.dropouts} has {len(m.dropouts)} value(s) but model={m.name} has {n_syn} layers; "
-                "give one keep probability per layer")

@@ -8,6 +8,7 @@ Run it on two trees and diff the outputs:
     PYTHONPATH=/work/main python scripts/config_snapshot.py /work/main /tmp/before.json
     PYTHONPATH=$PWD       python scripts/config_snapshot.py $PWD /tmp/after.json
     python scripts/config_snapshot.py --diff /tmp/before.json /tmp/after.json
+    (after the two paths, optional words: only the cases whose name holds one of them, e.g. optimizer.)
 """
 import dataclasses
 import itertools
@@ -63,7 +64,7 @@ def outcome(compose, over):
         return f"from_dict {type(err).__name__}: {err}"
 
 
-def snapshot(root: Path, out: Path):
+def snapshot(root: Path, out: Path, only=()):
     from hydra import compose, initialize_config_dir
 
     from omegaconf import OmegaConf
@@ -75,6 +76,8 @@ def snapshot(root: Path, out: Path):
     result = {}
     with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
         for name, over in cases(root):
+            if only and not any(part in name for part in only):
+                continue
             result[name] = outcome(compose, over)
     out.write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
     n_ok = sum(isinstance(v, dict) for v in result.values())
@@ -83,6 +86,8 @@ def snapshot(root: Path, out: Path):
 
 def diff(a: Path, b: Path) -> int:
     before, after = json.loads(a.read_text()), json.loads(b.read_text())
+    if len(after) < len(before):  # a partial run: compare the cases it made
+        before = {k: v for k, v in before.items() if k in after}
     changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     for k in changed:
         print(f"{k}:\n  before: {before.get(k)}\n  after:  {after.get(k)}")
@@ -93,4 +98,4 @@ def diff(a: Path, b: Path) -> int:
 if __name__ == "__main__":
     if sys.argv[1] == "--diff":
         sys.exit(diff(Path(sys.argv[2]), Path(sys.argv[3])))
-    snapshot(Path(sys.argv[1]).resolve(), Path(sys.argv[2]))
+    snapshot(Path(sys.argv[1]).resolve(), Path(sys.argv[2]), sys.argv[3:])  # then: only the cases naming one of these

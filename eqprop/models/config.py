@@ -65,6 +65,9 @@ class ModelConfig:
         expect(self.scale is None or positive(self.scale),
                f"model.scale={self.scale!r} must be a finite number > 0, or null")
         if self.dropouts is not None:
+            expect(len(self.dropouts) == self.n_synapses,
+                   f"model.dropouts={self.dropouts} has {len(self.dropouts)} value(s) but model={self.name} has "
+                   f"{self.n_synapses} layers; give one keep probability per layer")
             expect(all(0 < p <= 1 for p in self.dropouts),
                    f"model.dropouts={self.dropouts} are keep probabilities and must lie in (0, 1]")
 
