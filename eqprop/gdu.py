@@ -9,10 +9,14 @@ symmetric net -(dPhi(s_{t+1})/dtheta - dPhi(s_t)/dtheta) / beta; for a vector-fi
 sending state and `same_update` averaging included), so that the traces sum over time to the
 update training makes. The theorem says EP and BPTT match step by step.
 """
+from dataclasses import dataclass
+from typing import List, Optional
+
 import torch
 
 from eqprop.dynamics import relax
-from eqprop.estimators import OneSided
+from eqprop.errors import expect
+from eqprop.estimators import EP_ESTIMATORS, OneSided
 
 # gdu.n_examples = null: the original's numbers, 20 examples for mode=gducheck (main.py) and 5 for the
 # check during training (--check-thm, x[0:5] of the batch)
@@ -22,6 +26,28 @@ ORIGINAL_N_EXAMPLES = {"gducheck": 20, "periodic": 5}
 # around an exact 0 (e.g. the difference of two equal BPTT partial sums, ~1e-19 in float64):
 # it has no sign, and never counts as a sign disagreement.
 SIGN_ZERO_EPS = 64
+
+
+@dataclass
+class GduConfig:
+    """The `gdu` keys' schema: the GDU check of mode=gducheck and during training."""
+    n_examples: Optional[int] = None         # examples per check (null: the original's, gdu.ORIGINAL_N_EXAMPLES)
+    every: int = 0                           # > 0: GDU check every N training batches (the original --check-thm)
+    betas: Optional[List[float]] = None      # mode=gducheck: the study over several betas in one run
+    estimators: Optional[List[str]] = None   # the study's estimators (null: gdu_study.ESTIMATORS)
+
+    def check(self) -> None:
+        """ConfigError for gdu.* values no check can take; whether the study's estimators can run the
+        rest of the config is eqprop.config.validate's."""
+        expect((self.n_examples is None or self.n_examples > 0) and self.every >= 0,
+               "gdu.n_examples must be > 0 (or null for the original's numbers of examples) and gdu.every >= 0")
+        if self.betas is not None:
+            expect(len(self.betas) >= 1 and all(v > 0 for v in self.betas),
+                   f"gdu.betas={self.betas!r} must list betas > 0 for the GDU study (e.g. [0.4,0.2,0.1,0.05]), "
+                   "or be null")
+        for name in self.estimators or []:
+            expect(name in EP_ESTIMATORS, f"gdu.estimators has {name!r}; the GDU study compares the EP estimators "
+                   f"{list(EP_ESTIMATORS)} (against BPTT, its reference)")
 
 
 def _param_grads(model, loss, params):

@@ -19,12 +19,11 @@ import logging
 import math
 from pathlib import Path
 
+from eqprop import checkpoint as ckpt
 import torch
 
 from eqprop.estimators import WITH_POINTS, build_estimator
 from eqprop.gdu import bptt_traces, compare
-from eqprop.models import MODELS
-from eqprop.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +223,7 @@ def plot_study(study: dict, path, title: str = "GDU study"):
 def write_study(study: dict, out_dir, title: str = "GDU study") -> None:
     out_dir = Path(out_dir)
     for name, text in (("gdu_study.json", json.dumps(study, indent=2)), ("gdu_study.md", to_markdown(study, title))):
-        write_text_atomic(out_dir / name, text)
+        ckpt.write_text_atomic(out_dir / name, text)
     plot_study(study, out_dir / "gdu_study.png", title)
 
 
@@ -234,7 +233,7 @@ def run_from_config(cfg, model, x, y, out_dir, generator, logger=None) -> dict:
     study = gdu_study(model, x, y, cfg.dynamics.T1, cfg.dynamics.T2, cfg.gdu.betas, estimators, generator,
                       points=cfg.estimator.points)
     m = cfg.model
-    shape = m.archi if MODELS[m.name].dense else f"channels {m.channels}, fc {m.fc}"
+    shape = m.archi if m.dense else f"channels {m.channels}, fc {m.fc}"
     title = f"GDU study ({m.name} {shape}, {cfg.loss.name}, task {cfg.task.name})"
     write_study(study, out_dir, title)
     if logger is not None:

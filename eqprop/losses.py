@@ -12,6 +12,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from eqprop.errors import expect
+
 
 @dataclass(frozen=True)
 class Loss:
@@ -90,3 +92,16 @@ def build_loss(name: str, softmax_readout: bool) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"loss.name={name!r} is not a known loss; expected one of {list(LOSSES)}")
     return LOSSES[name](softmax_readout)
+
+
+@dataclass
+class LossConfig:
+    """The `loss` config group's schema (conf/loss/*.yaml extend it)."""
+    name: str = "mse"                        # mse | cel (cross-entropy)
+    softmax_readout: bool = False            # output layer outside the energy, trained by cross-entropy (--softmax)
+
+    def check(self) -> None:
+        expect(self.name in LOSSES, f"loss.name={self.name!r} is not known; expected one of {list(LOSSES)}")
+        expect(not (self.name == "mse" and self.softmax_readout),
+               "loss.softmax_readout=true needs loss=cel (the read-out is trained with cross-entropy); "
+               "use loss=cel or set loss.softmax_readout=false")

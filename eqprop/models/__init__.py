@@ -57,7 +57,7 @@ def _scale_init(module: torch.nn.Module, scale: Optional[float]):
 
 
 def build_model(cfg, loss: Loss, in_channels: int, in_size: int) -> EnergyNet:
-    """cfg: an eqprop.config.ModelConfig (already validated)."""
+    """cfg: an eqprop.models.config.ModelConfig (already validated)."""
     act = get_activation(cfg.activation)
     kind = MODELS[cfg.name]
     if kind.dense:

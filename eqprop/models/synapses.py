@@ -25,6 +25,17 @@ from eqprop.models.dropout import MaskedInput
 POOLS = ("m", "a", "i")
 
 
+def conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Height (= width) of a conv's output on a size x size input."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_pool_size(size: int, kernel: int, stride: int, padding: int, pool: str) -> int:
+    """Height (= width) of a ConvPool's output: its conv, then its 2x2/stride-2 pool unless pool is 'i'."""
+    size = conv_size(size, kernel, stride, padding)
+    return size // 2 if pool != "i" else size
+
+
 @dataclass(frozen=True)
 class ConvKernels:
     """The kernels of ConvPool's fast-path methods (chosen by eqprop.models.fast.choose_kernels).
@@ -111,8 +122,7 @@ class ConvPool(MaskedInput, nn.Conv2d):
         self.pool = pool
 
     def output_size(self, size: int) -> int:
-        size = (size + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
-        return size // 2 if self.pool != "i" else size
+        return conv_pool_size(size, self.kernel_size[0], self.stride[0], self.padding[0], self.pool)
 
     def drive(self, s, ctx_only: bool = False):
         if ctx_only and self.pool != "m":
@@ -130,7 +140,7 @@ class ConvPool(MaskedInput, nn.Conv2d):
     def _conv_shape(self, in_shape):
         n, _, hh, ww = in_shape
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        return (n, self.out_channels, (hh + 2 * p - k) // st + 1, (ww + 2 * p - k) // st + 1)
+        return (n, self.out_channels, conv_size(hh, k, st, p), conv_size(ww, k, st, p))
 
     def _unpool(self, g, ctx):
         """Transpose of the pool: routes g back onto the conv output grid."""

@@ -1,8 +1,9 @@
 """Tasks: (train, test) datasets of (x, y) with x shaped (channels, size, size)."""
 from torch.utils.data import Subset
 
-from eqprop.config import ConfigError, TaskConfig
+from eqprop.errors import ConfigError
 from eqprop.tasks import offline, torchvision_tasks
+from eqprop.tasks.config import TaskConfig
 
 TASKS = {
     "mnist5k": lambda cfg: offline.mnist5k(),
@@ -11,10 +12,6 @@ TASKS = {
     **{name: lambda cfg: torchvision_tasks.load(torchvision_tasks.SPECS[cfg.name], cfg)
        for name in torchvision_tasks.SPECS},
 }
-# (channels, size, classes) of each task's images: eqprop.config checks the task.* keys against
-# these before any data is read.
-SHAPES = {"mnist5k": (1, 28, 10), "digits": (1, 8, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 10),
-          "fashion_mnist": (1, 28, 10), "cifar100": (3, 32, 100), "svhn": (3, 32, 10)}
 
 
 def check_available(cfg: TaskConfig) -> None:

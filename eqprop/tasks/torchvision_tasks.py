@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from eqprop.config import ConfigError
+from eqprop.errors import ConfigError
 
 # Channel statistics of each training set, pixels in [0, 1]. The original code normalises CIFAR-10
 # by the channel means and three times the channel stds (so inputs stay near [-1, 1] for the hard
