@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from eqprop import checkpoint as ckpt
-from eqprop.config import ConfigError, RunConfig
+from eqprop.config import RunConfig
+from eqprop.errors import ConfigError
 from eqprop.runs import reconcile_metrics
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import torch
 
-from eqprop.config import ConfigError, RunConfig
+from eqprop.config import RunConfig
+from eqprop.errors import ConfigError
 from eqprop.data import Batches
 from eqprop.dynamics import set_tf32
 from eqprop.estimators import build_estimator

@@ -27,7 +27,7 @@ def check_logger_config(logger_cfg) -> None:
 
         check_config(logger_cfg)
     elif name != "none":
-        from eqprop.config import ConfigError
+        from eqprop.errors import ConfigError
 
         raise ConfigError(f"logger.name={name!r} is not known; expected none or wandb (logger=none or logger=wandb)")
 

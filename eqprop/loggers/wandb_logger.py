@@ -18,7 +18,7 @@ import secrets
 import string
 from pathlib import Path
 
-from eqprop.config import ConfigError
+from eqprop.errors import ConfigError
 from eqprop.runs import family, write_text_atomic
 
 log = logging.getLogger(__name__)
