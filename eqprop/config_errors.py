@@ -62,8 +62,9 @@ def _cause(err: BaseException) -> Optional[OmegaConfBaseException]:
 
 
 def explain(err: BaseException, schema: type, overrides: Sequence[str] = ()) -> Optional[str]:
-    """eqprop's message for a config that does not fit `schema`, or None when `err` is not about that
-    (or is Hydra's "Could not override ...; use +key", which already says what to do)."""
+    """eqprop's message for a config that does not fit `schema`, or None when `err` is not about that.
+    An unknown key gets it with or without `+`: Hydra's own advice for `model.chanels=8`, to add the key
+    with `+model.chanels=8`, only leads to a second refusal, since every group's schema is closed."""
     cause = _cause(err)
     if cause is None or not getattr(cause, "full_key", None):
         return None
@@ -72,8 +73,6 @@ def explain(err: BaseException, schema: type, overrides: Sequence[str] = ()) -> 
     holder, tp = _field(schema, parts)
     given = {k: (v, add) for k, v, add in _plain_overrides(overrides).values()}
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and holder is not None and tp is None:
-        if key in given and not given[key][1]:
-            return None
         known = [f.name for f in dataclasses.fields(holder)]
         where = key[: -len(parts[-1])]
         close = difflib.get_close_matches(parts[-1], known, n=1)

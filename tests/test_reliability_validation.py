@@ -221,11 +221,13 @@ CLI = {
     "not a number": (["optimizer.lr=abc"], 2, ["[eqprop] error: optimizer.lr='abc' must be a number"]),
     "not a list of integers": (["model=cnn", "model.kernels=[3,x]"], 2,
                                ["[eqprop] error: model.kernels=[3, 'x'] must be a list of integers"]),
-    # Hydra's own refusals (unknown key without +, unknown option): its message, exit 1, before any of eqprop
-    # runs (the key checked against the schema, eqprop.config.ModelConfig)
-    "Hydra: typo without +": (["model.chanels=[8]"], 1, ["Could not override 'model.chanels'",
-                                                         "Key 'chanels' not in 'ModelConfig'",
-                                                         "To append to your config use +model.chanels=[8]"]),
+    # a typo in a group's key without +: eqprop's hint, not Hydra's "use +model.chanels=", which the closed
+    # schema would refuse next
+    "typo without +": (["model.chanels=[8]"], 2, ["[eqprop] error: unknown config key model.chanels; "
+                                                  "did you mean model.channels?"]),
+    "typo in a section without +": (["dynamics.T11=5"], 2, ["[eqprop] error: unknown config key dynamics.T11; "
+                                                           "did you mean dynamics.T1?"]),
+    # Hydra's own refusal (unknown option): its message, exit 1, before any of eqprop runs
     "Hydra: unknown option": (["model=resnet"], 1, ["Could not find 'model/resnet'", "Available options in 'model'",
                                                     "vf_cnn"]),
 }
