@@ -20,6 +20,7 @@ from eqprop.checkpointer import Checkpointer, Progress, mid_epoch_state, restore
 from eqprop.data import Batches, epoch_seed
 from eqprop.divergence import non_finite, stop_diverged
 from eqprop.dynamics import Dynamics
+from eqprop.estimators.base import free_phase
 from eqprop.models.dropout import dropout_masks
 from eqprop.plots import plot_accuracy, plot_activity, run_title
 from eqprop.run_builder import Run
@@ -143,8 +144,6 @@ def epoch_metrics(run: Run, epoch: int, sums: dict) -> dict:
 @torch.no_grad()
 def evaluate(model, batches: Batches, dyn: Dynamics):
     """Accuracy and mean loss at the free equilibrium reached in T1 steps."""
-    from eqprop.estimators.base import free_phase
-
     model.eval()
     correct = total = 0
     loss_sum = 0.0

@@ -19,11 +19,11 @@ import logging
 import math
 from pathlib import Path
 
-from eqprop import checkpoint as ckpt
 import torch
 
 from eqprop.estimators import WITH_POINTS, build_estimator
 from eqprop.gdu import bptt_traces, compare
+from eqprop.runs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def plot_study(study: dict, path, title: str = "GDU study"):
 def write_study(study: dict, out_dir, title: str = "GDU study") -> None:
     out_dir = Path(out_dir)
     for name, text in (("gdu_study.json", json.dumps(study, indent=2)), ("gdu_study.md", to_markdown(study, title))):
-        ckpt.write_text_atomic(out_dir / name, text)
+        write_text_atomic(out_dir / name, text)
     plot_study(study, out_dir / "gdu_study.png", title)
 
 
