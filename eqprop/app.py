@@ -77,6 +77,8 @@ def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[Com
     from eqprop.runs import stored_config
     from eqprop.resume_settings import merge
 
+    if command_line is not None and cfg_dict.get("mode") in ("evaluate", "gducheck") and cfg_dict.get("load_path"):
+        return _task_of_the_loaded_run(cfg_dict, Path(str(cfg_dict["load_path"])), command_line)
     d = _continued_run(cfg_dict, run_dir)
     if d is None or command_line is None:
         return cfg_dict, None
@@ -91,6 +93,31 @@ def continued_settings(cfg_dict: dict, run_dir: Path, command_line: Optional[Com
     explicit, notes = command_line.explicit()
     effective, changes = merge(stored, cfg_dict, explicit)
     return effective, Continued(changes, notes)
+
+
+def _task_of_the_loaded_run(cfg_dict: dict, where: Path, command_line: CommandLine):
+    """evaluate / gducheck measure a run on the task it trained on (its data set, batch sizes and limits),
+    as they take its model from model.pt; what the command line sets of task (task=<name>, task.<key>=)
+    still holds."""
+    from eqprop.resume_settings import merge
+    from eqprop.runs import stored_config
+
+    try:
+        stored = stored_config(where)
+    except Exception:  # noqa: BLE001 - an unreadable record: the command line's task, checked as usual
+        return cfg_dict, None
+    if not stored or not isinstance(stored.get("task"), dict):
+        return cfg_dict, None
+    explicit, _ = command_line.explicit()
+    explicit = {k for k in explicit if k == "task" or k.startswith("task.")}
+    task = merge({"task": stored["task"]}, {"task": cfg_dict.get("task", {})}, explicit)[0]["task"]
+    if task == cfg_dict.get("task"):
+        return cfg_dict, None
+    note = f"task={task.get('name')}: the task {where} trained on (set task= to measure it on another)"
+    # the model and loss too, as model.pt will have them (_adopt_architecture): the command line's defaults
+    # were resolved for its own task (model.archi's input size) and would be refused against this one
+    adopted = {key: stored[key] for key in ("model", "loss") if isinstance(stored.get(key), dict)}
+    return {**cfg_dict, **adopted, "task": task}, Continued({}, [note])  # said once the command is accepted
 
 
 def _record_command(cfg: RunConfig, cfg_dict: dict, cont: Optional[Continued], run_dir: Path,

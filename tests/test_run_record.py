@@ -152,6 +152,22 @@ def test_every_run_says_where_it_is_and_its_log_holds_the_epoch_lines(trained, t
     assert (run / ".hydra-evaluate-1" / "config.yaml").is_file()
 
 
+def test_evaluate_measures_a_run_on_the_task_it_trained_on(trained, tmp_path):
+    run = _copy(trained[0], tmp_path / "run")
+    # no task= on the command line: the run's own (digits, its test limit), not the default mnist5k
+    p = _ok(_cli(["mode=evaluate", f"load_path={run}", "device=cpu", "dynamics.T1=6"]))
+    assert f"task=digits: the task {run} trained on" in p.stdout + p.stderr
+    line = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
+    trained_line = read_metrics(run)[-1]
+    assert line["test_acc"] == trained_line["test_acc"]  # the same 50 test digits, the same T1
+    assert line["test_loss"] == pytest.approx(trained_line["test_loss"], rel=1e-5)
+    # what the command line sets of task still holds; a task the model cannot take is refused
+    _ok(_cli(["mode=evaluate", f"load_path={run}", "device=cpu", "dynamics.T1=6", "task.limit_test=20"]))
+    assert len((run / "evaluations.jsonl").read_text().splitlines()) == 2
+    p = _cli(["mode=evaluate", f"load_path={run}", "device=cpu", "task=mnist5k"])
+    assert p.returncode == 2 and "task=mnist5k" in p.stderr, p.stderr[-2000:]
+
+
 def test_the_report_and_the_sweep_summary_read_a_resumed_runs_own_settings(tmp_path):
     from eqprop.report import make_report
     from eqprop.sweep_summary import job_rows
