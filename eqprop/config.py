@@ -127,17 +127,22 @@ def _check_model_fits(cfg: RunConfig) -> None:
     """The model against the task's inputs and classes, the loss's read-out and the optimiser's layer-wise
     settings (their number; their values are the optimiser's own check)."""
     m, t, o = cfg.model, cfg.task, cfg.optimizer
+    # evaluate / gducheck take the model from load_path's model.pt: the task is what can change
+    loaded = (f"; the model is the one {cfg.load_path} trained: leave task= out to use its own task"
+              if cfg.mode != "train" and cfg.load_path else None)
     if m.dense:
         _expect(m.archi[0] == t.input_dim,
                 f"model.archi[0]={m.archi[0]} does not match the input of task={t.name} "
-                f"({t.input_dim} = {t.in_channels}x{t.in_size}x{t.in_size}); set model.archi=[{t.input_dim},...]")
+                f"({t.input_dim} = {t.in_channels}x{t.in_size}x{t.in_size})"
+                + (loaded or f"; set model.archi=[{t.input_dim},...]"))
     else:
         sizes = m.feature_map_sizes(t.in_size)
         _expect(all(s >= 1 for s in sizes),
                 f"the conv stack shrinks the {t.in_size}x{t.in_size} input of task={t.name} to nothing "
-                f"(feature-map sizes {sizes}); reduce kernels/strides/pools or add padding")
+                f"(feature-map sizes {sizes})" + (loaded or "; reduce kernels/strides/pools or add padding"))
     _expect(m.output_units == t.num_classes,
-            f"the model's output layer has {m.output_units} units but task={t.name} has {t.num_classes} classes")
+            f"the model's output layer has {m.output_units} units but task={t.name} has {t.num_classes} classes"
+            + (loaded or ""))
     n_syn = m.n_synapses
     n_neuron_layers = n_syn - (1 if cfg.loss.softmax_readout else 0)
     if m.vector_field:
